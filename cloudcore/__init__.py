@@ -1,0 +1,1 @@
+"""CloudCore: turns Kubernetes List/Watch into acknowledged, deduplicated messages for each edge node."""

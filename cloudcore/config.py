@@ -1,0 +1,59 @@
+"""``cloudcore.yaml``: the same layout and key names as KubeEdge's CloudCore configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from common.config import ConfigModel, load_config
+
+ENV_PREFIX = "CLOUDCORE"
+DEFAULT_CONFIG_PATH = Path("/etc/kubage/cloudcore.yaml")
+
+
+class KubeAPIConfig(ConfigModel):
+    kube_config: str = ""  # empty: in-cluster credentials
+    master: str = ""
+    qps: float = Field(default=100.0, gt=0)
+    burst: int = Field(default=200, gt=0)
+
+
+class WebSocketListener(ConfigModel):
+    enable: bool = True
+    address: str = "0.0.0.0"  # noqa: S104 - CloudCore serves edges on other machines
+    port: int = Field(default=10000, ge=1, le=65535)
+
+
+class HttpsListener(ConfigModel):
+    """The certificate service: ``GET /ca.crt`` and node certificates in exchange for a join token."""
+
+    enable: bool = True
+    address: str = "0.0.0.0"  # noqa: S104
+    port: int = Field(default=10002, ge=1, le=65535)
+
+
+class CloudHub(ConfigModel):
+    advertise_address: list[str] = Field(default_factory=list)
+    dns_names: list[str] = Field(default_factory=list, alias="dnsNames")
+    node_limit: int = Field(default=500, gt=0)
+    keepalive_interval: float = Field(default=15.0, gt=0)  # KubeEdge: 30; a dead link is found sooner
+    tls_ca_file: str = Field(default="/etc/kubage/ca/rootCA.crt", alias="tlsCAFile")
+    tls_cert_file: str = "/etc/kubage/certs/server.crt"
+    tls_private_key_file: str = "/etc/kubage/certs/server.key"
+    websocket: WebSocketListener = Field(default_factory=WebSocketListener)
+    https: HttpsListener = Field(default_factory=HttpsListener)
+
+
+class Modules(ConfigModel):
+    cloud_hub: CloudHub = Field(default_factory=CloudHub)
+
+
+class CloudCoreConfig(ConfigModel):
+    kube_api_config: KubeAPIConfig = Field(default_factory=KubeAPIConfig, alias="kubeAPIConfig")
+    modules: Modules = Field(default_factory=Modules)
+    log_level: str = "info"
+
+
+def load(path: Path | None) -> CloudCoreConfig:
+    return load_config(CloudCoreConfig, path, env_prefix=ENV_PREFIX)

@@ -1,0 +1,1 @@
+"""Shared by CloudCore, EdgeCore, keadm and mappers; imports none of them."""

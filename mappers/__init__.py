@@ -1,0 +1,1 @@
+"""Device mappers: small processes that talk to devices and publish readings over MQTT."""

@@ -1,0 +1,45 @@
+"""Fixtures shared by every test: the real Kubernetes control plane lives here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTROL_PLANE = ROOT / "scripts" / "control_plane.py"
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    state_dir: Path
+    kubeconfig: Path
+
+    def run(self, command: str) -> None:
+        subprocess.run(
+            [sys.executable, str(CONTROL_PLANE), command, "--dir", str(self.state_dir)], check=True
+        )
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver on loopback, started once per test session by scripts/control-plane."""
+    state = tmp_path_factory.mktemp("control-plane") / "state"
+    out = subprocess.run(
+        [sys.executable, str(CONTROL_PLANE), "up", "--dir", str(state)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        pytest.fail(f"scripts/control-plane up failed:\n{out.stderr}", pytrace=False)
+    kubeconfig = Path(out.stdout.strip().removeprefix("export KUBECONFIG="))
+    plane = ControlPlane(state_dir=state, kubeconfig=kubeconfig)
+    try:
+        yield plane
+    finally:
+        plane.run("down")

@@ -1,0 +1,123 @@
+"""Config errors name the file, the key and the reason; valid files and overrides load into typed models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cloudcore.config import CloudCoreConfig
+from common.config import ConfigError, load_config
+from edgecore.config import EdgeCoreConfig
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cloudcore.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_kubeedge_style_file_loads_into_typed_fields(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+kubeAPIConfig:
+  kubeConfig: /root/.kube/config
+  qps: 50
+modules:
+  cloudHub:
+    nodeLimit: 2000
+    advertiseAddress: [192.0.2.10]
+    tlsCAFile: /etc/ca.crt
+    websocket: {port: 10443}
+""",
+    )
+    cfg = load_config(CloudCoreConfig, path, env_prefix="CLOUDCORE", environ={})
+    assert cfg.kube_api_config.kube_config == "/root/.kube/config"
+    assert cfg.kube_api_config.qps == 50.0
+    assert cfg.modules.cloud_hub.node_limit == 2000
+    assert cfg.modules.cloud_hub.advertise_address == ["192.0.2.10"]
+    assert cfg.modules.cloud_hub.tls_ca_file == "/etc/ca.crt"
+    assert cfg.modules.cloud_hub.websocket.port == 10443
+    assert cfg.modules.cloud_hub.https.port == 10002  # untouched sections keep KubeEdge's defaults
+
+
+def test_unknown_key_is_named_with_its_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "modules:\n  cloudHub:\n    nodeLimt: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(CloudCoreConfig, path, env_prefix="CLOUDCORE", environ={})
+    assert str(err.value) == f"{path}: modules.cloudHub.nodeLimt: unknown key"
+
+
+def test_wrong_type_names_key_reason_and_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "modules:\n  cloudHub:\n    websocket:\n      port: ten-thousand\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(CloudCoreConfig, path, env_prefix="CLOUDCORE", environ={})
+    message = str(err.value)
+    assert message.startswith(f"{path}: modules.cloudHub.websocket.port: ")
+    assert "valid integer" in message
+    assert "'ten-thousand'" in message
+
+
+def test_out_of_range_value_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "modules:\n  cloudHub:\n    nodeLimit: 0\n")
+    with pytest.raises(ConfigError, match=r"modules\.cloudHub\.nodeLimit: Input should be greater than 0"):
+        load_config(CloudCoreConfig, path, env_prefix="CLOUDCORE", environ={})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(CloudCoreConfig, path, env_prefix="CLOUDCORE", environ={})
+    assert str(err.value) == f"{path}: config file not found"
+
+
+def test_invalid_yaml_gives_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "modules:\n  cloudHub: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+, column \d+"):
+        load_config(CloudCoreConfig, path, env_prefix="CLOUDCORE", environ={})
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = write(tmp_path, "- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(CloudCoreConfig, path, env_prefix="CLOUDCORE", environ={})
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    cfg = load_config(CloudCoreConfig, write(tmp_path, ""), env_prefix="CLOUDCORE", environ={})
+    assert cfg == CloudCoreConfig()
+
+
+def test_environment_overrides_file_with_typed_values(tmp_path: Path) -> None:
+    path = write(tmp_path, "modules:\n  cloudHub:\n    nodeLimit: 10\n")
+    env = {
+        "CLOUDCORE__MODULES__CLOUDHUB__NODELIMIT": "750",
+        "CLOUDCORE__MODULES__CLOUDHUB__WEBSOCKET__ENABLE": "false",
+        "CLOUDCORE__KUBEAPICONFIG__KUBECONFIG": "/tmp/kc",
+        "UNRELATED": "x",
+    }
+    cfg = load_config(CloudCoreConfig, path, env_prefix="CLOUDCORE", environ=env)
+    assert cfg.modules.cloud_hub.node_limit == 750
+    assert cfg.modules.cloud_hub.websocket.enable is False
+    assert cfg.kube_api_config.kube_config == "/tmp/kc"
+
+
+def test_environment_override_with_unknown_key_is_named() -> None:
+    env = {"EDGECORE__MODULES__EDGEHUB__HEARTBEET": "5"}
+    with pytest.raises(
+        ConfigError, match=r"environment EDGECORE__MODULES__EDGEHUB__HEARTBEET: unknown key 'HEARTBEET'"
+    ):
+        load_config(EdgeCoreConfig, None, env_prefix="EDGECORE", environ=env)
+
+
+def test_environment_override_with_wrong_type_is_refused() -> None:
+    env = {"EDGECORE__MODULES__EDGEHUB__HEARTBEAT": "often"}
+    with pytest.raises(ConfigError, match=r"<defaults>: modules\.edgeHub\.heartbeat: .*'often'"):
+        load_config(EdgeCoreConfig, None, env_prefix="EDGECORE", environ=env)
+
+
+def test_loaded_config_is_immutable() -> None:
+    cfg = load_config(EdgeCoreConfig, None, env_prefix="EDGECORE", environ={})
+    with pytest.raises(Exception, match="frozen"):
+        cfg.modules.edge_hub.heartbeat = 1

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+
+import structlog
+
+from common.logging import configure_logging
+
+
+def test_json_lines_off_a_tty_with_stable_event_and_bound_keys() -> None:
+    code = textwrap.dedent("""
+        import logging
+        from common.logging import configure_logging, get_logger
+        configure_logging("info")
+        get_logger("kubage.test", node="edge-1").info("node_connected", conn=7)
+        get_logger("kubage.test").debug("too_verbose")
+        logging.getLogger("websockets.server").warning("library message")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = [json.loads(line) for line in out.stderr.splitlines()]
+    assert lines[0]["event"] == "node_connected"
+    assert lines[0]["node"] == "edge-1" and lines[0]["conn"] == 7
+    assert lines[0]["level"] == "info" and "timestamp" in lines[0]
+    assert lines[1]["event"] == "library message" and lines[1]["logger"] == "websockets.server"
+    assert len(lines) == 2  # debug is below the configured level
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_console_rendering_on_a_tty() -> None:
+    stream = FakeTTY()
+    try:
+        configure_logging("info", stream=stream)
+        logging.getLogger("kubage.console").info("hello")
+    finally:
+        logging.getLogger().handlers.clear()
+        structlog.reset_defaults()
+    text = stream.getvalue()
+    assert "hello" in text
+    assert not text.lstrip().startswith("{")
