@@ -10,8 +10,7 @@ from common.logging import configure_logging
 def main(argv: list[str] | None = None) -> int:
     parser = config_parser(
         "cloudcore",
-        "CloudCore: watches the Kubernetes API and delivers each edge node's objects over a WebSocket "
-        "tunnel.",
+        "CloudCore: watches the Kubernetes API and delivers each edge node's objects over a WebSocket tunnel.",
         config.DEFAULT_CONFIG_PATH,
     )
     args = parser.parse_args(argv)

@@ -36,9 +36,7 @@ def config_parser(prog: str, description: str, default_path: Path) -> argparse.A
         metavar="PATH",
         help=f"configuration file (default: {default_path} if it exists, else built-in defaults)",
     )
-    parser.add_argument(
-        "--defaultconfig", action="store_true", help="print the default configuration and exit"
-    )
+    parser.add_argument("--defaultconfig", action="store_true", help="print the default configuration and exit")
     parser.add_argument("--version", action="version", version=f"{prog} {package_version()}")
     return parser
 

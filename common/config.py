@@ -84,9 +84,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _apply_override(
-    data: dict[str, Any], model: type[BaseModel], segments: list[str], raw: str, env_key: str
-) -> None:
+def _apply_override(data: dict[str, Any], model: type[BaseModel], segments: list[str], raw: str, env_key: str) -> None:
     """Set one environment override into ``data``, resolving each segment to the model's YAML key."""
     node: dict[str, Any] = data
     current: type[BaseModel] | None = model

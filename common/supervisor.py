@@ -86,9 +86,7 @@ class Supervisor:
         if not modules.done():
             deadline = loop.time() + self._shutdown_timeout
             force = asyncio.create_task(self._force.wait(), name="supervisor.force")
-            await asyncio.wait(
-                {modules, force}, timeout=self._shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({modules, force}, timeout=self._shutdown_timeout, return_when=asyncio.FIRST_COMPLETED)
             force.cancel()
             if not modules.done():
                 self.clean = False

@@ -8,20 +8,14 @@ from common.cli import not_built, package_version
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="keadm", description="Set up kubage's cloud side and join edge gateways."
-    )
+    parser = argparse.ArgumentParser(prog="keadm", description="Set up kubage's cloud side and join edge gateways.")
     parser.add_argument("--version", action="version", version=f"keadm {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     init = sub.add_parser("init", help="install CloudCore into the cluster of the kubeconfig")
     init.add_argument("--kube-config", default=None, help="kubeconfig of the cluster (default: $KUBECONFIG)")
-    init.add_argument(
-        "--advertise-address", default="", help="comma-separated addresses edges reach CloudCore on"
-    )
-    init.add_argument(
-        "--dry-run", action="store_true", help="write the manifests out instead of applying them"
-    )
+    init.add_argument("--advertise-address", default="", help="comma-separated addresses edges reach CloudCore on")
+    init.add_argument("--dry-run", action="store_true", help="write the manifests out instead of applying them")
 
     token = sub.add_parser("gettoken", help="print a join token")
     token.add_argument("--kube-config", default=None, help="kubeconfig of the cluster (default: $KUBECONFIG)")

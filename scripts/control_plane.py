@@ -59,9 +59,7 @@ class Endpoints:
 
 def apiserver_binary() -> Path:
     """Build (first run only) or find the cached kube-apiserver; see scripts/build-apiserver."""
-    out = subprocess.run(
-        [str(ROOT / "scripts" / "build-apiserver")], check=False, capture_output=True, text=True
-    )
+    out = subprocess.run([str(ROOT / "scripts" / "build-apiserver")], check=False, capture_output=True, text=True)
     if out.returncode != 0:
         raise ControlPlaneError(f"building kube-apiserver failed:\n{out.stderr[-4000:]}")
     return Path(out.stdout.strip().splitlines()[-1])
@@ -70,9 +68,7 @@ def apiserver_binary() -> Path:
 def etcd_binary() -> Path:
     found = os.environ.get("KUBAGE_ETCD") or shutil.which("etcd")
     if not found:
-        raise ControlPlaneError(
-            "etcd not found: install Debian's etcd-server (make deps does) or set KUBAGE_ETCD"
-        )
+        raise ControlPlaneError("etcd not found: install Debian's etcd-server (make deps does) or set KUBAGE_ETCD")
     return Path(found)
 
 
@@ -85,9 +81,7 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     path.chmod(0o600)
 
@@ -144,10 +138,7 @@ def write_certificates(pki: Path) -> None:
     sans: list[x509.GeneralName] = [
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("10.0.0.1")),  # first address of --service-cluster-ip-range
-        *(
-            x509.DNSName(n)
-            for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")
-        ),
+        *(x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")),
     ]
     server = _cert(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
@@ -306,8 +297,7 @@ def wait_ready(state: Path, port: int, timeout: float = READY_TIMEOUT_S) -> None
     while time.monotonic() < deadline:
         if _recorded_pid(state, "kube-apiserver") is None:
             raise ControlPlaneError(
-                f"kube-apiserver exited; see {state / 'kube-apiserver.log'}:\n"
-                + _tail(state, "kube-apiserver")
+                f"kube-apiserver exited; see {state / 'kube-apiserver.log'}:\n" + _tail(state, "kube-apiserver")
             )
         try:
             status, body = _request(state, port, "GET", "/readyz", timeout=2.0)
@@ -346,17 +336,13 @@ def apply_crds(state: Path, port: int, crd_dir: Path) -> list[str]:
                 content_type="application/apply-patch+yaml",
             )
             if status not in (200, 201):
-                raise ControlPlaneError(
-                    f"applying CRD {name} from {path.name} failed: HTTP {status} {body[:500]!r}"
-                )
+                raise ControlPlaneError(f"applying CRD {name} from {path.name} failed: HTTP {status} {body[:500]!r}")
             names.append(name)
     deadline = time.monotonic() + 30
     pending = set(names)
     while pending and time.monotonic() < deadline:
         for name in list(pending):
-            _, body = _request(
-                state, port, "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
-            )
+            _, body = _request(state, port, "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
             conditions = json.loads(body).get("status", {}).get("conditions", [])
             if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                 pending.discard(name)
@@ -480,9 +466,7 @@ def status(state: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="control-plane", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["up", "down", "status", "restart-apiserver"])
-    parser.add_argument(
-        "--dir", type=Path, default=DEFAULT_DIR, help=f"state directory (default {DEFAULT_DIR})"
-    )
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"state directory (default {DEFAULT_DIR})")
     args = parser.parse_args(argv)
     state: Path = args.dir.absolute()
     try:

@@ -20,9 +20,7 @@ class ControlPlane:
     kubeconfig: Path
 
     def run(self, command: str) -> None:
-        subprocess.run(
-            [sys.executable, str(CONTROL_PLANE), command, "--dir", str(self.state_dir)], check=True
-        )
+        subprocess.run([sys.executable, str(CONTROL_PLANE), command, "--dir", str(self.state_dir)], check=True)
 
 
 @pytest.fixture(scope="session")

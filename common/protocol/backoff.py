@@ -20,9 +20,7 @@ def backoff_delays(
     Restart the generator after a success to start again from ``initial``.
     """
     if initial <= 0 or factor < 1 or cap < initial:
-        raise ValueError(
-            f"backoff needs initial > 0, factor >= 1, cap >= initial (got {initial}, {factor}, {cap})"
-        )
+        raise ValueError(f"backoff needs initial > 0, factor >= 1, cap >= initial (got {initial}, {factor}, {cap})")
     draw = rng if rng is not None else random.Random()  # noqa: S311 - jitter, not cryptography
     ceiling = initial
     while True:

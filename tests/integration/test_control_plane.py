@@ -71,9 +71,7 @@ async def test_pod_bound_to_an_edge_node_is_listed_then_watched(control_plane: C
             raise AssertionError("watch ended without the update")
 
         watcher = asyncio.create_task(watch_for_update())
-        await asyncio.sleep(
-            0.2
-        )  # the watch is opened from the list's resourceVersion, so timing cannot hide it
+        await asyncio.sleep(0.2)  # the watch is opened from the list's resourceVersion, so timing cannot hide it
         patched = await core.patch_namespaced_pod(
             "sensor-reader", namespace, {"metadata": {"labels": {"stage": "updated"}}}
         )

@@ -13,9 +13,7 @@ BIN = Path(sys.executable).parent
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=30, check=False
-    )
+    return subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=30, check=False)
 
 
 @pytest.mark.parametrize("command", ["cloudcore", "edgecore", "keadm"])
