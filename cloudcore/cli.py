@@ -18,4 +18,4 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(loaded, int):
         return loaded
     configure_logging(loaded.log_level)
-    return not_built("The CloudCore hub", 3)
+    return not_built("The cloudcore command (hub plus Kubernetes controllers)", 4)

@@ -58,7 +58,7 @@ def test_defaultconfig_is_valid_yaml_that_loads_back(command: str, tmp_path: Pat
     path = tmp_path / f"{command}.yaml"
     path.write_text(out.stdout)
     again = run(command, "--config", str(path))
-    assert again.returncode == 3  # config accepted; the runtime itself is not built yet
+    assert again.returncode == 3  # config accepted; the command itself is not built yet
     assert "not built yet" in again.stderr
 
 

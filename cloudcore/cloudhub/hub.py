@@ -1,0 +1,290 @@
+"""CloudHub: mutual-TLS WebSocket server, one session per edge node, and the controllers' view of it.
+
+Controllers tell the hub what each node should hold (``upsert``, ``delete``, ``set_objects``) whether or not
+the node is connected; the hub keeps per node a desired set keyed by object UID and lets each session send
+the difference. Upstream messages reach the controllers through one handler, in order per node; reliable
+ones are acked to the edge only after the handler returns.
+
+The node's name comes from its client certificate (``CN=system:node:<name>``), never from a header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from common.hublink import HubLink
+from common.logging import get_logger
+from common.messages import DEFAULT_MAX_FRAME_BYTES, Message, NodeName, ObjectUid
+from common.protocol.downstream import DesiredObject
+from common.protocol.reliable import DEFAULT_WINDOW
+from common.protocol.session import CloseCode, CloudSession, Deliver, Event, Ready, Received
+from common.protocol.versions import is_newer
+from common.tls import IdentityError, node_name_from_peercert
+
+log = get_logger(__name__)
+
+UpstreamHandler = Callable[[NodeName, Message], Awaitable[None]]
+ConnectionListener = Callable[[NodeName, bool], None]
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    host: str = "0.0.0.0"  # noqa: S104 - edges connect from other machines
+    port: int = 10000
+    node_limit: int = 500
+    window: int = DEFAULT_WINDOW
+    keepalive_interval: float = 15.0
+    read_timeout: float | None = None  # default: 2.5 keepalive intervals
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    allow_batching: bool = True
+    close_timeout: float = 2.0  # how long a close waits for the peer's close frame
+    shutdown_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class NodeStats:
+    desired: int
+    pending: int
+    inflight: int
+    acked: int
+    retransmits: int
+    resync: int
+
+
+async def _ignore_upstream(node: NodeName, message: Message) -> None:
+    log.debug("upstream_ignored", node=node, operation=message.route.operation, resource=message.route.resource)
+
+
+class CloudHub:
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext,
+        settings: HubSettings | None = None,
+        upstream: UpstreamHandler | None = None,
+    ) -> None:
+        self.settings = settings or HubSettings()
+        self._ssl = ssl_context
+        self._upstream = upstream or _ignore_upstream
+        self._desired: dict[NodeName, dict[ObjectUid, DesiredObject]] = {}
+        self._links: dict[NodeName, HubLink] = {}
+        self._sessions: dict[NodeName, CloudSession] = {}
+        self._ready_nodes: set[NodeName] = set()
+        self._listeners: list[ConnectionListener] = []
+        self._serving: asyncio.Future[int] | None = None
+
+    # --- what controllers use ----------------------------------------------------------------------------
+
+    def upsert(self, node: NodeName, obj: DesiredObject) -> None:
+        """``node`` should hold ``obj``; an older version than the one already desired is ignored."""
+        desired = self._desired.setdefault(node, {})
+        current = desired.get(obj.uid)
+        if current is not None and not is_newer(obj.resource_version, current.resource_version):
+            return
+        desired[obj.uid] = obj
+        self._changed(node, obj.uid)
+
+    def delete(self, node: NodeName, uid: ObjectUid) -> None:
+        """``node`` should no longer hold ``uid``; it gets a delete if it has it."""
+        desired = self._desired.get(node)
+        if desired is not None and desired.pop(uid, None) is not None:
+            self._changed(node, uid)
+
+    def set_objects(self, node: NodeName, objects: Iterable[DesiredObject]) -> None:
+        """Replace ``node``'s whole desired set (after a relist, say)."""
+        wanted = {o.uid: o for o in objects}
+        for uid in list(self._desired.get(node, {})):
+            if uid not in wanted:
+                self.delete(node, uid)
+        for obj in wanted.values():
+            self.upsert(node, obj)
+
+    def desired(self, node: NodeName) -> Mapping[ObjectUid, DesiredObject]:
+        return self._desired.get(node, {})
+
+    def forget_node(self, node: NodeName) -> None:
+        """The node is gone from the cluster: drop its desired set (its connection, if any, stays)."""
+        self._desired.pop(node, None)
+
+    def connected_nodes(self) -> frozenset[NodeName]:
+        return frozenset(self._ready_nodes)
+
+    def add_listener(self, listener: ConnectionListener) -> None:
+        """``listener(node, connected)`` is called when a node's session is established and when it ends."""
+        self._listeners.append(listener)
+
+    async def send(self, node: NodeName, message: Message) -> bool:
+        """Send a best-effort message (a query response, say). False if the node is not connected."""
+        link = self._links.get(node)
+        if link is None or node not in self._ready_nodes:
+            return False
+        await link.send(message)
+        return True
+
+    def stats(self, node: NodeName) -> NodeStats | None:
+        session = self._sessions.get(node)
+        if session is None or session.downstream is None:
+            return None
+        sync = session.downstream
+        return NodeStats(
+            desired=len(self._desired.get(node, {})),
+            pending=sync.sender.pending_count,
+            inflight=sync.sender.inflight_count,
+            acked=sync.acked,
+            retransmits=sync.sender.retransmits,
+            resync=sync.resync_count,
+        )
+
+    def _changed(self, node: NodeName, uid: ObjectUid) -> None:
+        session = self._sessions.get(node)
+        if session is not None:
+            session.changed(uid)
+            self._links[node].wake()
+
+    # --- serving -----------------------------------------------------------------------------------------
+
+    async def wait_serving(self) -> int:
+        """Wait until the server listens; returns its port (useful with port 0)."""
+        if self._serving is None:
+            self._serving = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self._serving)
+
+    async def serve(self) -> None:
+        """Run the server until cancelled, then shut down: stop accepting, close with 1001, drain, give up."""
+        s = self.settings
+        async with serve(
+            self._connection,
+            s.host,
+            s.port,
+            ssl=self._ssl,
+            max_size=s.max_frame_bytes,
+            max_queue=16,
+            write_limit=256 * 1024,
+            compression=None,  # CPU and ~50 KiB per connection for little gain on JSON this small
+            ping_interval=None,  # the session's own keepalive, with read deadlines on both sides
+            close_timeout=s.close_timeout,
+            server_header=None,
+        ) as server:
+            port = self._bound_port(server)
+            if self._serving is None:
+                self._serving = asyncio.get_running_loop().create_future()
+            self._serving.set_result(port)
+            log.info("cloudhub_listening", host=s.host, port=port, node_limit=s.node_limit)
+            try:
+                await asyncio.Future()
+            finally:
+                await self._shutdown(server)
+
+    @staticmethod
+    def _bound_port(server: Server) -> int:
+        port: int = next(iter(server.sockets)).getsockname()[1]
+        return port
+
+    async def _shutdown(self, server: Server) -> None:
+        log.info("cloudhub_stopping", connected=len(self._links))
+        server.close(close_connections=False)  # stop accepting
+        links = list(self._links.values())
+        closing = [
+            asyncio.create_task(link.close(CloseCode.GOING_AWAY, "CloudCore is shutting down")) for link in links
+        ]
+        if closing:
+            _, pending = await asyncio.wait(closing, timeout=self.settings.shutdown_timeout)
+            for task in pending:
+                task.cancel()
+        try:
+            async with asyncio.timeout(self.settings.shutdown_timeout):
+                await server.wait_closed()
+        except TimeoutError:
+            log.warning("cloudhub_shutdown_incomplete", remaining=len(self._links))
+
+    async def _connection(self, ws: ServerConnection) -> None:
+        peer = ws.remote_address
+        try:
+            node = NodeName(node_name_from_peercert(ws.transport.get_extra_info("peercert")))
+        except IdentityError as exc:
+            log.warning("connection_refused", peer=peer, reason=str(exc))
+            await ws.close(CloseCode.POLICY_VIOLATION, f"not a node certificate: {exc}")
+            return
+        claimed = ws.request.headers.get("node_id") if ws.request is not None else None
+        if claimed and claimed != node:
+            reason = f"node_id header {claimed!r} does not match the certificate's node {node!r}"
+            log.warning("connection_refused", node=node, peer=peer, reason=reason)
+            await ws.close(CloseCode.POLICY_VIOLATION, reason)
+            return
+        if node not in self._links and len(self._links) >= self.settings.node_limit:
+            log.warning("connection_refused", node=node, peer=peer, reason="node limit reached")
+            await ws.close(CloseCode.TRY_AGAIN_LATER, f"node limit of {self.settings.node_limit} reached")
+            return
+        previous = self._links.get(node)
+        if previous is not None:
+            log.info("connection_replaced", node=node, peer=peer)
+            await previous.close(CloseCode.REPLACED, "replaced by a newer connection from the same node")
+        await self._serve_node(node, ws)
+
+    async def _serve_node(self, node: NodeName, ws: ServerConnection) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        session = CloudSession(
+            node,
+            self._desired.setdefault(node, {}),
+            now=loop.time(),
+            window=s.window,
+            keepalive_interval=s.keepalive_interval,
+            read_timeout=s.read_timeout,
+            allow_batching=s.allow_batching,
+        )
+        link = HubLink(
+            ws,
+            session,
+            lambda events: self._on_events(node, session, events),
+            name=f"cloudhub.{node}",
+            max_frame_bytes=s.max_frame_bytes,
+        )
+        self._links[node] = link
+        self._sessions[node] = session
+        try:
+            await link.run()
+        except* Exception:
+            log.exception("connection_failed", node=node)
+            await ws.close(CloseCode.INTERNAL_ERROR, "internal error in CloudCore")
+        finally:
+            if self._links.get(node) is link:
+                del self._links[node]
+                del self._sessions[node]
+                if node in self._ready_nodes:
+                    self._ready_nodes.discard(node)
+                    self._notify(node, connected=False)
+            log.info("node_disconnected", node=node, code=link.close_code, reason=link.close_reason)
+
+    async def _on_events(self, node: NodeName, session: CloudSession, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Deliver):
+                await self._call_upstream(node, event.message)
+                session.delivered(event.seq)
+            elif isinstance(event, Received):
+                await self._call_upstream(node, event.message)
+            elif isinstance(event, Ready) and self._sessions.get(node) is session:
+                self._ready_nodes.add(node)
+                log.info("node_connected", node=node, resync=event.resync, batching=event.batching)
+                self._notify(node, connected=True)
+
+    async def _call_upstream(self, node: NodeName, message: Message) -> None:
+        try:
+            await self._upstream(node, message)
+        except Exception:
+            # Acked all the same: a message that breaks its handler would break it again on every resend.
+            log.exception(
+                "upstream_handler_failed", node=node, operation=message.route.operation, resource=message.route.resource
+            )
+
+    def _notify(self, node: NodeName, *, connected: bool) -> None:
+        for listener in self._listeners:
+            try:
+                listener(node, connected)
+            except Exception:
+                log.exception("connection_listener_failed", node=node)

@@ -1,0 +1,181 @@
+"""The I/O around one hub session: drives a sans-I/O ``CloudSession`` or ``EdgeSession`` over a websockets
+connection. Both CloudHub and EdgeHub use it; they differ only in how they handle the session's events.
+
+One TaskGroup per connection, so nothing outlives it:
+  reader     frames in → decode → ``session.receive`` → events onto a bounded queue (full: reading pauses,
+             and TCP pushes back on the peer)
+  consumer   handles events in order (apply to the store, hand to a controller), then acks via the session
+  writer     ``session.messages_to_send`` plus queued best-effort messages → one frame (batching) or several
+  keepalive  sleeps until the session's next deadline, closes a silent link, wakes the writer
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Protocol
+
+import orjson
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+
+from common.logging import get_logger
+from common.messages import DEFAULT_MAX_FRAME_BYTES, Message, MessageError, decode, to_dict
+from common.protocol.session import Close, CloseCode, Event
+
+log = get_logger(__name__)
+
+INBOUND_QUEUE = 1024  # events waiting for the consumer before the reader stops reading
+OUTBOUND_QUEUE = 256  # best-effort messages waiting for the writer before send() waits
+CONSUME_BATCH = 512  # events handed to the consumer at once (one SQLite transaction at the edge)
+
+
+class Session(Protocol):
+    batching: bool
+
+    def receive(self, message: Message, now: float, now_ms: int) -> list[Event]: ...
+    def messages_to_send(self, now: float, now_ms: int) -> list[Message]: ...
+    def check_timeouts(self, now: float) -> Close | None: ...
+    def next_deadline(self) -> float: ...
+
+
+EventHandler = Callable[[list[Event]], Awaitable[None]]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class HubLink:
+    def __init__(
+        self,
+        ws: Connection,
+        session: Session,
+        handle: EventHandler,
+        *,
+        name: str,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self.ws = ws
+        self.session = session
+        self._handle = handle
+        self._name = name
+        self._max_frame = max_frame_bytes
+        self._loop = asyncio.get_running_loop()
+        self._inbound: asyncio.Queue[Event] = asyncio.Queue(INBOUND_QUEUE)
+        self._outbound: asyncio.Queue[Message] = asyncio.Queue(OUTBOUND_QUEUE)
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.frames_sent = 0
+
+    def wake(self) -> None:
+        """Something may be ready to send (an ack, a newer object): let the writer look."""
+        self._wake.set()
+
+    async def send(self, message: Message) -> None:
+        """Queue a best-effort message (no seq, no ack); waits while the queue is full."""
+        await self._outbound.put(message)
+        self._wake.set()
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with a code and a reason the peer will see (truncated to what a close frame holds)."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = int(code), reason
+        try:
+            # Waits for the peer's close frame at most the connection's close_timeout: a dead peer sends none.
+            await self.ws.close(code, reason.encode()[:120].decode(errors="ignore"))
+        finally:
+            self._stop.set()
+
+    async def run(self) -> None:
+        """Serve the connection until it closes, from either side or by a timeout."""
+        self._wake.set()  # the session may already have something (the hello, the welcome)
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._guard(self._read()), name=f"{self._name}.reader"),
+                group.create_task(self._guard(self._consume()), name=f"{self._name}.consumer"),
+                group.create_task(self._guard(self._write()), name=f"{self._name}.writer"),
+                group.create_task(self._guard(self._keepalive()), name=f"{self._name}.keepalive"),
+            ]
+            await self._stop.wait()
+            for task in tasks:
+                task.cancel()
+        if self.close_code is None:
+            self.close_code = None if self.ws.close_code is None else int(self.ws.close_code)
+            self.close_reason = self.ws.close_reason or ""
+
+    async def _guard(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except ConnectionClosed:
+            pass  # the peer or the network ended it; run() reports the close code
+        finally:
+            self._stop.set()
+
+    async def _read(self) -> None:
+        async for frame in self.ws:
+            try:
+                messages = decode(frame, max_bytes=self._max_frame)
+            except MessageError as exc:
+                log.warning("frame_rejected", link=self._name, reason=str(exc))
+                await self.close(CloseCode.INVALID_DATA, f"malformed message: {exc}")
+                return
+            now, wall = self._loop.time(), now_ms()
+            for message in messages:
+                for event in self.session.receive(message, now, wall):
+                    if isinstance(event, Close):
+                        log.warning("session_refused", link=self._name, code=int(event.code), reason=event.reason)
+                        await self.close(event.code, event.reason)
+                        return
+                    await self._inbound.put(event)
+            self._wake.set()
+
+    async def _consume(self) -> None:
+        while True:
+            batch = [await self._inbound.get()]
+            while len(batch) < CONSUME_BATCH and not self._inbound.empty():
+                batch.append(self._inbound.get_nowait())
+            await self._handle(batch)
+            self._wake.set()  # handling produced acks
+
+    async def _write(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            messages = self.session.messages_to_send(self._loop.time(), now_ms())
+            while not self._outbound.empty():
+                messages.append(self._outbound.get_nowait())
+            for frame in self._frames(messages):
+                await self.ws.send(frame, text=True)
+                self.frames_sent += 1
+
+    def _frames(self, messages: list[Message]) -> Iterator[bytes]:
+        if not self.session.batching:
+            for message in messages:
+                yield orjson.dumps(to_dict(message))
+            return
+        parts: list[bytes] = []
+        size = 2
+        for message in messages:
+            part = orjson.dumps(to_dict(message))
+            if parts and size + len(part) + 1 > self._max_frame:
+                yield b"[" + b",".join(parts) + b"]"
+                parts, size = [], 2
+            parts.append(part)
+            size += len(part) + 1
+        if parts:
+            yield b"[" + b",".join(parts) + b"]"
+
+    async def _keepalive(self) -> None:
+        while True:
+            delay = self.session.next_deadline() - self._loop.time()
+            await asyncio.sleep(max(delay, 0.01))
+            timeout = self.session.check_timeouts(self._loop.time())
+            if timeout is not None:
+                log.warning("link_timed_out", link=self._name, reason=timeout.reason)
+                await self.close(timeout.code, timeout.reason)
+                return
+            self._wake.set()

@@ -1,0 +1,145 @@
+"""Keys and certificates: ECDSA P-256, as KubeEdge uses. One small toolkit for every certificate we issue.
+
+Node client certificates carry ``CN=system:node:<name>``: CloudHub takes the node's identity from it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+NODE_CN_PREFIX = "system:node:"
+PrivateKey = ec.EllipticCurvePrivateKey
+
+
+def new_key() -> PrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    key: PrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def create(cls, common_name: str, *, days: int = 3650) -> CertificateAuthority:
+        key = new_key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        cert = (
+            _builder(name, name, key, days)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert)
+
+    def issue(
+        self,
+        subject: x509.Name,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        days: int = 365,
+        server_names: list[str] | None = None,
+        client: bool = False,
+        not_before: dt.datetime | None = None,
+    ) -> x509.Certificate:
+        """Sign a leaf certificate. ``server_names`` (IPs or DNS names) make it a serving certificate."""
+        usages = []
+        builder = _builder(subject, self.cert.subject, public_key, days, not_before).add_extension(
+            x509.BasicConstraints(ca=False, path_length=None), critical=True
+        )
+        if server_names:
+            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+            builder = builder.add_extension(x509.SubjectAlternativeName(_general_names(server_names)), critical=False)
+        if client:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        return builder.sign(self.key, hashes.SHA256())
+
+    def issue_node(self, node: str, *, days: int = 365) -> tuple[PrivateKey, x509.Certificate]:
+        key = new_key()
+        return key, self.issue(node_subject(node), key.public_key(), days=days, client=True)
+
+    def issue_server(self, names: list[str], *, days: int = 365) -> tuple[PrivateKey, x509.Certificate]:
+        key = new_key()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "server")])
+        return key, self.issue(subject, key.public_key(), days=days, server_names=names)
+
+
+def node_subject(node: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+            x509.NameAttribute(NameOID.COMMON_NAME, NODE_CN_PREFIX + node),
+        ]
+    )
+
+
+def write_pair(directory: Path, stem: str, key: PrivateKey, cert: x509.Certificate) -> tuple[Path, Path]:
+    """Write ``<stem>.crt`` and ``<stem>.key`` (mode 600); returns (cert path, key path)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+    cert_path.write_bytes(cert_pem(cert))
+    key_path.write_bytes(key_pem(key))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key_or_public: PrivateKey | ec.EllipticCurvePublicKey,
+    days: int,
+    not_before: dt.datetime | None = None,
+) -> x509.CertificateBuilder:
+    public = key_or_public.public_key() if isinstance(key_or_public, ec.EllipticCurvePrivateKey) else key_or_public
+    start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)  # tolerate small clock skew
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+    )
+
+
+def _general_names(names: list[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            out.append(x509.DNSName(name))
+    return out

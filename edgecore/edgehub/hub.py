@@ -1,0 +1,207 @@
+"""EdgeHub: connects to CloudHub and keeps reconnecting; persists, then acks; drains the outbox.
+
+Each connection starts with the store's inventory, so the cloud sends only what changed while the link was
+down. Cloud messages are applied to the store in batches, one transaction each, and acked only after the
+commit. Upstream messages go to the durable outbox first (``publish``) and are deleted from it when the cloud
+acks them, so a status reported while offline still arrives, once, at its latest value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidHandshake, InvalidURI
+
+from common.hublink import HubLink
+from common.logging import get_logger
+from common.messages import DEFAULT_MAX_FRAME_BYTES, Message, NodeName
+from common.protocol.backoff import backoff_delays
+from common.protocol.outbox import Outbox, OutboxItem
+from common.protocol.session import CloseCode, Deliver, EdgeSession, Event, OutboxDelivered, Ready, Received
+from edgecore.metamanager.store import Change, MetaStore
+
+log = get_logger(__name__)
+
+ChangeListener = Callable[[list[Change]], None]
+MessageHandler = Callable[[Message], Awaitable[None]]
+ConnectionListener = Callable[[bool], None]
+
+
+@dataclass(frozen=True)
+class EdgeHubSettings:
+    server: str  # CloudHub's host:port
+    node_name: NodeName
+    project_id: str = "e632aba927ea4ac2b575ec1603d56f10"
+    keepalive_interval: float = 15.0
+    read_timeout: float | None = None  # default: 2.5 keepalive intervals
+    handshake_timeout: float = 30.0
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    batching: bool = True
+    window: int = 64
+    close_timeout: float = 2.0
+    server_hostname: str | None = None  # name to check in CloudCore's certificate; default: the host in server
+
+
+async def _drop_message(message: Message) -> None:
+    log.info("cloud_message_unhandled", operation=message.route.operation, resource=message.route.resource)
+
+
+class EdgeHub:
+    def __init__(
+        self,
+        *,
+        settings: EdgeHubSettings,
+        ssl_context: ssl.SSLContext,
+        store: MetaStore,
+        delays: Callable[[], Iterator[float]] = backoff_delays,
+        on_message: MessageHandler | None = None,
+    ) -> None:
+        self.settings = settings
+        self._ssl = ssl_context
+        self.store = store
+        self._delays = delays
+        self._on_message = on_message or _drop_message
+        self.outbox = Outbox(source="edgehub", window=settings.window)
+        self._outbox_loaded = False
+        self._link: HubLink | None = None
+        self._change_listeners: list[ChangeListener] = []
+        self._connection_listeners: list[ConnectionListener] = []
+        self.connected = asyncio.Event()
+        self.sessions = 0  # established sessions so far
+        self.last_resync = 0
+        self.applied = 0  # cloud messages that changed the store
+        self.rejected = 0
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        self._change_listeners.append(listener)
+
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        """``listener(connected)``: other modules switch to offline autonomy and back."""
+        self._connection_listeners.append(listener)
+
+    @property
+    def uri(self) -> str:
+        s = self.settings
+        return f"wss://{s.server}/{s.project_id}/{s.node_name}/events"  # the path KubeEdge's EdgeHub dials
+
+    async def publish(self, key: str, *, group: str, operation: str, resource: str, content: Any) -> None:
+        """Send upstream, reliably: durable first, then delivered when connected; a newer value of the same
+        key replaces an undelivered older one."""
+        await self._load_outbox()
+        item = OutboxItem(key, self.outbox.next_version(), group, operation, resource, content)
+        await self.store.outbox_put(item)
+        self.outbox.put(item)
+        if self._link is not None:
+            self._link.wake()
+
+    async def send(self, message: Message) -> bool:
+        """Best effort (a query, say): False when not connected."""
+        if self._link is None or not self.connected.is_set():
+            return False
+        await self._link.send(message)
+        return True
+
+    async def _load_outbox(self) -> None:
+        if not self._outbox_loaded:
+            self._outbox_loaded = True
+            self.outbox.load(await self.store.outbox_load())
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect after a backoff delay; forever, until cancelled."""
+        await self._load_outbox()
+        delays = self._delays()
+        while True:
+            try:
+                if await self._connect_once():
+                    delays = self._delays()  # a session was established: start the backoff afresh
+            except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+                log.warning("cloud_unreachable", server=self.settings.server, error=str(exc) or type(exc).__name__)
+            delay = next(delays)
+            log.info("reconnecting", delay_s=round(delay, 2))
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> bool:
+        s = self.settings
+        host = s.server.rsplit(":", 1)[0].strip("[]")
+        async with connect(
+            self.uri,
+            ssl=self._ssl,
+            server_hostname=s.server_hostname or host,
+            additional_headers={"node_id": s.node_name, "project_id": s.project_id},
+            open_timeout=s.handshake_timeout,
+            max_size=s.max_frame_bytes,
+            compression=None,
+            ping_interval=None,
+            close_timeout=s.close_timeout,
+            user_agent_header=None,
+        ) as ws:
+            loop = asyncio.get_running_loop()
+            session = EdgeSession(
+                await self.store.inventory(),
+                self.outbox,
+                now=loop.time(),
+                keepalive_interval=s.keepalive_interval,
+                read_timeout=s.read_timeout,
+                batching=s.batching,
+            )
+            link = HubLink(
+                ws,
+                session,
+                lambda events: self._on_events(session, events),
+                name="edgehub",
+                max_frame_bytes=s.max_frame_bytes,
+            )
+            await link.send(session.hello(loop.time(), 0))
+            self._link = link
+            try:
+                await link.run()
+            except asyncio.CancelledError:
+                # EdgeCore is stopping: say so, rather than websockets' default 1011 for an aborted block.
+                await link.close(CloseCode.GOING_AWAY, "EdgeCore is shutting down")
+                raise
+            finally:
+                self._link = None
+                session.close()
+                if self.connected.is_set():
+                    self.connected.clear()
+                    self._notify(connected=False)
+                log.info("cloud_disconnected", code=link.close_code, reason=link.close_reason)
+            return session.established
+
+    async def _on_events(self, session: EdgeSession, events: list[Event]) -> None:
+        deliveries = [e for e in events if isinstance(e, Deliver)]
+        if deliveries:
+            changes, rejected = await self.store.apply([d.message for d in deliveries])
+            for bad in rejected:
+                # Acked all the same: the cloud would only send the same broken message again.
+                log.error("cloud_message_rejected", resource=bad.message.route.resource, reason=bad.reason)
+            for delivery in deliveries:
+                session.delivered(delivery.seq)
+            self.applied += len(changes)
+            self.rejected += len(rejected)
+            if changes:
+                for listener in self._change_listeners:
+                    listener(changes)
+        for event in events:
+            if isinstance(event, OutboxDelivered):
+                await self.store.outbox_delete(event.items)
+            elif isinstance(event, Received):
+                await self._on_message(event.message)
+            elif isinstance(event, Ready):
+                self.sessions += 1
+                self.last_resync = event.resync
+                log.info("cloud_connected", resync=event.resync, batching=event.batching, outbox=len(self.outbox))
+                self.connected.set()
+                self._notify(connected=True)
+
+    def _notify(self, *, connected: bool) -> None:
+        for listener in self._connection_listeners:
+            try:
+                listener(connected)
+            except Exception:
+                log.exception("connection_listener_failed")

@@ -1,0 +1,200 @@
+"""The edge's SQLite store: objects from the cloud and the upstream outbox.
+
+Persist, then ack: ``apply`` commits a whole batch of cloud messages in one transaction and only then
+returns, so EdgeHub acks only what is on disk. WAL with ``synchronous=NORMAL`` survives a crash of the
+process; a power cut may lose the last commits, which is safe here because the next handshake sends the
+inventory from this very table and the cloud re-sends whatever is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from common.messages import Message, MessageError, ObjectUid, Operation, Resource
+from common.protocol.downstream import object_uid, should_apply
+from common.protocol.outbox import OutboxItem
+
+SCHEMA = [
+    # 1: objects the cloud sent, and the outbox
+    """
+    CREATE TABLE objects (
+        uid TEXT PRIMARY KEY,
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        namespace TEXT,
+        name TEXT NOT NULL,
+        resource_version TEXT NOT NULL,
+        content BLOB NOT NULL
+    );
+    CREATE INDEX objects_kind ON objects (kind, namespace, name);
+    CREATE TABLE outbox (
+        key TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        grp TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        content BLOB NOT NULL
+    );
+    """,
+]
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message says which file and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One object the cloud changed at the edge, for the modules that act on it (edged, devicetwin)."""
+
+    operation: str  # insert, update or delete
+    uid: ObjectUid
+    resource: str
+    resource_version: str
+    content: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    message: Message
+    reason: str
+
+
+class MetaStore:
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path | str) -> MetaStore:
+        target = str(path)
+        try:
+            db = await aiosqlite.connect(target, isolation_level=None)
+        except Exception as exc:  # aiosqlite raises sqlite3 errors and OSErrors alike
+            raise StoreError(f"{target}: cannot open database: {exc}") from exc
+        store = cls(db, target)
+        try:
+            await store._setup()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def _setup(self) -> None:
+        try:
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            await self._db.execute("PRAGMA synchronous=NORMAL")
+            version = (await (await self._db.execute("PRAGMA user_version")).fetchone() or (0,))[0]
+            for number, ddl in enumerate(SCHEMA[version:], start=version + 1):
+                await self._db.executescript(f"BEGIN; {ddl}; PRAGMA user_version = {number}; COMMIT;")
+        except aiosqlite.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable database: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    # --- objects -----------------------------------------------------------------------------------------
+
+    async def inventory(self) -> dict[ObjectUid, str]:
+        async with self._db.execute("SELECT uid, resource_version FROM objects") as cursor:
+            return {ObjectUid(uid): rv async for uid, rv in cursor}
+
+    async def apply(self, messages: list[Message]) -> tuple[list[Change], list[Rejected]]:
+        """Apply cloud messages in one transaction: never an older version over a newer one, idempotent."""
+        rejected: list[Rejected] = []
+        wanted: list[tuple[Message, ObjectUid]] = []
+        for message in messages:
+            try:
+                wanted.append((message, object_uid(message)))
+            except MessageError as exc:
+                rejected.append(Rejected(message, str(exc)))
+        stored = await self._versions([uid for _, uid in wanted])
+        changes: list[Change] = []
+        upserts: list[tuple[Any, ...]] = []
+        deletes: list[tuple[str]] = []
+        for message, uid in wanted:
+            if not should_apply(message, stored.get(uid)):
+                continue
+            if message.route.operation == Operation.DELETE:
+                stored.pop(uid, None)
+                deletes.append((uid,))
+                changes.append(Change(Operation.DELETE, uid, message.route.resource, "", message.content))
+                continue
+            try:
+                resource = Resource.parse(message.route.resource)
+            except MessageError as exc:
+                rejected.append(Rejected(message, str(exc)))
+                continue
+            rv = message.header.resourceversion
+            stored[uid] = rv
+            upserts.append(
+                (
+                    uid,
+                    message.route.resource,
+                    resource.type,
+                    resource.namespace,
+                    resource.name,
+                    rv,
+                    orjson.dumps(message.content),
+                )
+            )
+            changes.append(Change(message.route.operation, uid, message.route.resource, rv, message.content))
+        if upserts or deletes:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if deletes:
+                    await self._db.executemany("DELETE FROM objects WHERE uid = ?", deletes)
+                if upserts:
+                    await self._db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)", upserts)
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+        return changes, rejected
+
+    async def _versions(self, uids: list[ObjectUid]) -> dict[ObjectUid, str]:
+        found: dict[ObjectUid, str] = {}
+        for start in range(0, len(uids), 500):  # stay under SQLite's bound-parameter limit
+            chunk = uids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT uid, resource_version FROM objects WHERE uid IN ({marks})"  # noqa: S608 - only "?" marks
+            async with self._db.execute(query, chunk) as cursor:
+                found.update({ObjectUid(uid): rv async for uid, rv in cursor})
+        return found
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> Any:
+        query = "SELECT content FROM objects WHERE kind = ? AND namespace IS ? AND name = ?"
+        async with self._db.execute(query, (kind, namespace, name)) as cursor:
+            row = await cursor.fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    async def list_kind(self, kind: str) -> list[Any]:
+        async with self._db.execute("SELECT content FROM objects WHERE kind = ? ORDER BY key", (kind,)) as cursor:
+            return [orjson.loads(content) async for (content,) in cursor]
+
+    # --- outbox ------------------------------------------------------------------------------------------
+
+    async def outbox_load(self) -> list[OutboxItem]:
+        async with self._db.execute("SELECT key, version, grp, operation, resource, content FROM outbox") as cursor:
+            return [
+                OutboxItem(key, version, group, operation, resource, orjson.loads(content))
+                async for key, version, group, operation, resource, content in cursor
+            ]
+
+    async def outbox_put(self, item: OutboxItem) -> None:
+        await self._db.execute(
+            "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?, ?)",
+            (item.key, item.version, item.group, item.operation, item.resource, orjson.dumps(item.content)),
+        )
+
+    async def outbox_delete(self, items: Iterable[OutboxItem]) -> None:
+        """Remove delivered items, unless a newer value of the same key was written meanwhile."""
+        await self._db.executemany(
+            "DELETE FROM outbox WHERE key = ? AND version = ?", [(i.key, i.version) for i in items]
+        )

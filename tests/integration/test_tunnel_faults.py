@@ -1,0 +1,106 @@
+"""The tunnel under network faults, through a fault-injecting TCP proxy between edge and cloud."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from common.messages import NodeName
+from tests.faultproxy import FaultProxy
+from tests.tunnel import Pki, eventually, pod, running_cloud, running_edge
+
+A = NodeName("edge-a")
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path / "pki")
+
+
+async def inventory(edge: object) -> dict[str, str]:
+    return dict(await edge.store.inventory())  # type: ignore[attr-defined]
+
+
+async def test_messages_survive_repeated_cuts(pki: Pki, tmp_path: Path) -> None:
+    async with running_cloud(pki) as (hub, _):
+        port = await hub.wait_serving()
+        async with FaultProxy("127.0.0.1", port) as proxy, running_edge(pki, proxy.port, tmp_path / "a.db") as edge:
+            await asyncio.wait_for(edge.connected.wait(), 10)
+            rv = 0
+            for _cut in range(5):
+                for _ in range(40):
+                    rv += 1
+                    hub.upsert(A, pod(rv % 30, rv))
+                await asyncio.sleep(0.01)
+                sessions = edge.sessions
+                proxy.cut()  # mid-stream: some messages are in flight, some not yet acked
+                for _ in range(40):
+                    rv += 1
+                    hub.upsert(A, pod(rv % 30, rv))  # while disconnected
+                await eventually(lambda: edge.sessions > sessions)  # noqa: B023 - awaited right here
+            desired = {str(uid): obj.resource_version for uid, obj in hub.desired(A).items()}
+            await eventually(lambda: _equals(edge, desired))
+            assert edge.sessions >= 5
+
+
+async def _equals(edge: object, desired: Mapping[str, str]) -> bool:
+    return await inventory(edge) == desired
+
+
+async def test_half_open_link_is_detected_within_three_pings(pki: Pki, tmp_path: Path) -> None:
+    interval = 0.3
+    async with running_cloud(pki, keepalive_interval=interval, close_timeout=0.2) as (hub, _):
+        port = await hub.wait_serving()
+        events: list[tuple[float, bool]] = []
+        hub.add_listener(lambda node, up: events.append((time.monotonic(), up)))
+        async with (
+            FaultProxy("127.0.0.1", port) as proxy,
+            running_edge(pki, proxy.port, tmp_path / "a.db", keepalive_interval=interval, close_timeout=0.2) as edge,
+        ):
+            await asyncio.wait_for(edge.connected.wait(), 10)
+            edge_down = asyncio.Event()
+            edge.add_connection_listener(lambda up: None if up else edge_down.set())
+            proxy.blackhole()  # both ways silent, both sockets still open: a half-open link
+            started = time.monotonic()
+            await asyncio.wait_for(edge_down.wait(), 10)
+            edge_detect = time.monotonic() - started
+            await eventually(lambda: any(not up for _, up in events), timeout=10)
+            cloud_detect = next(t for t, up in events if not up) - started
+            # read deadline 2.5 intervals + close timeout, well within 3 pings plus the close
+            assert edge_detect < 3 * interval + 0.5, edge_detect
+            assert cloud_detect < 3 * interval + 0.5, cloud_detect
+            proxy.heal()
+            hub.upsert(A, pod(1, 1))
+            await eventually(lambda: _equals(edge, {"edge-a-pod-1": "1"}))  # and it comes back
+
+
+async def test_updates_over_a_slow_link_arrive_coalesced_at_the_last_version(pki: Pki, tmp_path: Path) -> None:
+    async with running_cloud(pki) as (hub, _):
+        port = await hub.wait_serving()
+        async with FaultProxy("127.0.0.1", port) as proxy, running_edge(pki, proxy.port, tmp_path / "a.db") as edge:
+            await asyncio.wait_for(edge.connected.wait(), 10)
+            proxy.delay(0.05)  # 100 ms round trips
+            for rv in range(1, 10_001):
+                hub.upsert(A, pod(1, rv))
+                if rv % 1000 == 0:
+                    await asyncio.sleep(0.01)
+            await eventually(lambda: _equals(edge, {"edge-a-pod-1": "10000"}), timeout=20)
+            assert edge.applied <= 12, f"{edge.applied} applies for 10,000 updates over a 100 ms link"
+
+
+async def test_a_refused_and_then_healed_cloud_is_rejoined_with_backoff(pki: Pki, tmp_path: Path) -> None:
+    async with running_cloud(pki) as (hub, _):
+        port = await hub.wait_serving()
+        async with FaultProxy("127.0.0.1", port) as proxy:
+            proxy.refuse()
+            async with running_edge(pki, proxy.port, tmp_path / "a.db") as edge:
+                await asyncio.sleep(0.5)
+                assert not edge.connected.is_set()
+                hub.upsert(A, pod(1, 5))
+                proxy.refuse(False)
+                await asyncio.wait_for(edge.connected.wait(), 10)
+                await eventually(lambda: _equals(edge, {"edge-a-pod-1": "5"}))
