@@ -26,6 +26,7 @@ class DesiredObject:
     resource_version: str
     resource: str  # "<namespace>/<type>/<name>"
     content: Any  # the object, JSON-compatible
+    digest: str = ""  # content_digest(content); lets a reconnect skip objects the edge already has in substance
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class Sent:
 
     uid: ObjectUid
     resource_version: str | None  # None: a delete
+    digest: str
     message: Message
 
 
@@ -43,11 +45,13 @@ class DownstreamSync:
         desired: Mapping[ObjectUid, DesiredObject],
         inventory: Mapping[ObjectUid, str],
         *,
+        digests: Mapping[ObjectUid, str] | None = None,
         window: int = DEFAULT_WINDOW,
         retransmit_after: float = 5.0,
     ) -> None:
         self._desired = desired  # shared with the hub, read at send time so the newest version goes out
         self.known: dict[ObjectUid, str] = dict(inventory)
+        self._known_digests: dict[ObjectUid, str] = dict(digests or {})
         self._resources: dict[ObjectUid, str] = {}  # last resource string seen per UID, for deletes
         self.sender: ReliableSender[ObjectUid, Sent] = ReliableSender(window=window, retransmit_after=retransmit_after)
         for uid in desired:
@@ -70,6 +74,8 @@ class DownstreamSync:
         have = self.known.get(uid)
         if want is None:
             return have is not None
+        if want.digest and have is not None and self._known_digests.get(uid) == want.digest:
+            return False  # the edge holds this content already, under an older resourceVersion
         return is_newer(want.resource_version, have)
 
     def poll(self, now: float, now_ms: int) -> list[Message]:
@@ -88,7 +94,7 @@ class DownstreamSync:
                     now_ms=now_ms,
                     seq=seq,
                 )
-                return Sent(uid, None, message)
+                return Sent(uid, None, "", message)
             self._resources[uid] = want.resource
             operation = Operation.UPDATE if uid in self.known else Operation.INSERT
             message = new_message(
@@ -101,7 +107,7 @@ class DownstreamSync:
                 seq=seq,
                 resourceversion=want.resource_version,
             )
-            return Sent(uid, want.resource_version, message)
+            return Sent(uid, want.resource_version, want.digest, message)
 
         return [flight.payload.message for flight in self.sender.poll(now, produce)]
 
@@ -111,10 +117,12 @@ class DownstreamSync:
             sent = flight.payload
             if sent.resource_version is None:
                 self.known.pop(sent.uid, None)
+                self._known_digests.pop(sent.uid, None)
                 if sent.uid not in self._desired:
                     self._resources.pop(sent.uid, None)
             else:
                 self.known[sent.uid] = sent.resource_version
+                self._known_digests[sent.uid] = sent.digest
         self.acked += len(done)
         return done
 

@@ -1,6 +1,7 @@
 """The hub session between one EdgeHub and CloudHub: handshake, reliable streams both ways, liveness.
 
-    edge → cloud   hello    {"version": 1, "inventory": {uid: resourceVersion}, "batching": bool}
+    edge → cloud   hello    {"version": 1, "inventory": {uid: resourceVersion}, "digests": {uid: digest},
+                             "batching": bool}
     cloud → edge   welcome  {"version": 1, "batching": bool, "keepaliveInterval": s, "resync": n}
 
 Then the cloud streams object messages (``DownstreamSync``) and the edge drains its outbox (``Outbox``);
@@ -204,10 +205,14 @@ class CloudSession(_Session):
             isinstance(k, str) and isinstance(v, str) for k, v in inventory.items()
         ):
             return [Close(CloseCode.INVALID_DATA, "hello inventory must map object UIDs to resourceVersion strings")]
+        digests = hello.get("digests", {})
+        if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+            return [Close(CloseCode.INVALID_DATA, "hello digests must map object UIDs to digest strings")]
         self.batching = bool(hello.get("batching")) and self._allow_batching
         self.downstream = DownstreamSync(
             self._desired,
             {ObjectUid(k): v for k, v in inventory.items()},
+            digests={ObjectUid(k): v for k, v in digests.items()},
             window=self._window,
             retransmit_after=self._retransmit_after,
         )
@@ -252,6 +257,7 @@ class EdgeSession(_Session):
         inventory: Mapping[ObjectUid, str],
         outbox: Outbox,
         *,
+        digests: Mapping[ObjectUid, str] | None = None,
         now: float,
         keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL,
         read_timeout: float | None = None,
@@ -259,6 +265,7 @@ class EdgeSession(_Session):
     ) -> None:
         super().__init__(now=now, keepalive_interval=keepalive_interval, read_timeout=read_timeout)
         self._inventory = inventory
+        self._digests = digests or {}
         self._want_batching = batching
         self.outbox = outbox
         self.resync = 0
@@ -272,6 +279,7 @@ class EdgeSession(_Session):
             content={
                 "version": PROTOCOL_VERSION,
                 "inventory": dict(self._inventory),
+                "digests": dict(self._digests),
                 "batching": self._want_batching,
             },
         )

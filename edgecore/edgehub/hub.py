@@ -144,6 +144,7 @@ class EdgeHub:
             session = EdgeSession(
                 await self.store.inventory(),
                 self.outbox,
+                digests=await self.store.digests(),
                 now=loop.time(),
                 keepalive_interval=s.keepalive_interval,
                 read_timeout=s.read_timeout,

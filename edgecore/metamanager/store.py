@@ -17,6 +17,7 @@ import aiosqlite
 import orjson
 
 from common.messages import Message, MessageError, ObjectUid, Operation, Resource
+from common.protocol.digest import content_digest
 from common.protocol.downstream import object_uid, should_apply
 from common.protocol.outbox import OutboxItem
 
@@ -42,6 +43,8 @@ SCHEMA = [
         content BLOB NOT NULL
     );
     """,
+    # 2: what each object means to the edge, so a reconnect can skip objects whose rv moved on alone
+    "ALTER TABLE objects ADD COLUMN digest TEXT NOT NULL DEFAULT ''",
 ]
 
 
@@ -105,6 +108,10 @@ class MetaStore:
         async with self._db.execute("SELECT uid, resource_version FROM objects") as cursor:
             return {ObjectUid(uid): rv async for uid, rv in cursor}
 
+    async def digests(self) -> dict[ObjectUid, str]:
+        async with self._db.execute("SELECT uid, digest FROM objects WHERE digest != ''") as cursor:
+            return {ObjectUid(uid): digest async for uid, digest in cursor}
+
     async def apply(self, messages: list[Message]) -> tuple[list[Change], list[Rejected]]:
         """Apply cloud messages in one transaction: never an older version over a newer one, idempotent."""
         rejected: list[Rejected] = []
@@ -142,6 +149,7 @@ class MetaStore:
                     resource.name,
                     rv,
                     orjson.dumps(message.content),
+                    content_digest(message.content),
                 )
             )
             changes.append(Change(message.route.operation, uid, message.route.resource, rv, message.content))
@@ -151,7 +159,9 @@ class MetaStore:
                 if deletes:
                     await self._db.executemany("DELETE FROM objects WHERE uid = ?", deletes)
                 if upserts:
-                    await self._db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)", upserts)
+                    await self._db.executemany(
+                        "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)", upserts
+                    )
                 await self._db.execute("COMMIT")
             except BaseException:
                 await self._db.execute("ROLLBACK")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from common.messages import Group, Message, NodeName, ObjectUid, Operation, new_message
+from common.protocol.digest import content_digest
 from common.protocol.downstream import DesiredObject
 from common.protocol.outbox import Outbox, OutboxItem
 from common.protocol.session import (
@@ -143,3 +144,28 @@ def test_hello_inside_an_open_session_is_a_protocol_error() -> None:
     cloud, edge = established()
     [event] = cloud.receive(edge.hello(1.0, 0), 1.0, 0)
     assert isinstance(event, Close) and event.code == CloseCode.PROTOCOL_ERROR
+
+
+def test_reconnect_skips_objects_whose_rv_moved_on_without_a_content_change() -> None:
+    """The edge's own status reports bump a pod's rv in the cloud; that alone must not resend the pod."""
+    base = {"metadata": {"uid": "u1", "name": "p1", "resourceVersion": "10"}, "spec": {"x": 1}}
+    later = {
+        "metadata": {"uid": "u1", "name": "p1", "resourceVersion": "20"},
+        "spec": {"x": 1},
+        "status": {"phase": "Running"},
+    }
+    changed = {"metadata": {"uid": "u1", "name": "p1", "resourceVersion": "30"}, "spec": {"x": 2}}
+    assert content_digest(base) == content_digest(later) != content_digest(changed)
+
+    same = DesiredObject(ObjectUid("u1"), "20", "default/pod/p1", later, digest=content_digest(later))
+    cloud = CloudSession(NodeName("n"), {same.uid: same}, now=0.0)
+    edge_hello = EdgeSession(
+        {ObjectUid("u1"): "10"}, Outbox(), digests={ObjectUid("u1"): content_digest(base)}, now=0.0
+    ).hello(0.0, 0)
+    [ready] = cloud.receive(edge_hello, 0.0, 0)
+    assert isinstance(ready, Ready) and ready.resync == 0
+
+    other = DesiredObject(ObjectUid("u1"), "30", "default/pod/p1", changed, digest=content_digest(changed))
+    cloud = CloudSession(NodeName("n"), {other.uid: other}, now=0.0)
+    [ready] = cloud.receive(edge_hello, 0.0, 0)
+    assert isinstance(ready, Ready) and ready.resync == 1
