@@ -38,6 +38,7 @@ class CloudHub(ConfigModel):
     dns_names: list[str] = Field(default_factory=list, alias="dnsNames")
     node_limit: int = Field(default=500, gt=0)
     keepalive_interval: float = Field(default=15.0, gt=0)  # KubeEdge: 30; a dead link is found sooner
+    window: int = Field(default=64, ge=1, le=4096)  # reliable messages in flight per node (KubeEdge: 1)
     tls_ca_file: str = Field(default="/etc/kubage/ca/rootCA.crt", alias="tlsCAFile")
     tls_cert_file: str = "/etc/kubage/certs/server.crt"
     tls_private_key_file: str = "/etc/kubage/certs/server.key"
@@ -45,11 +46,26 @@ class CloudHub(ConfigModel):
     https: HttpsListener = Field(default_factory=HttpsListener)
 
 
+class EdgeController(ConfigModel):
+    enable: bool = True
+    lease_renew_interval: float = Field(default=10.0, gt=0)  # a quarter of the 40 s node lease
+
+
 class Modules(ConfigModel):
     cloud_hub: CloudHub = Field(default_factory=CloudHub)
+    edge_controller: EdgeController = Field(default_factory=EdgeController)
+
+
+class MonitorServer(ConfigModel):
+    bind_address: str = "127.0.0.1:9091"  # Prometheus /metrics, /healthz, /readyz
+
+
+class CommonConfig(ConfigModel):
+    monitor_server: MonitorServer = Field(default_factory=MonitorServer)
 
 
 class CloudCoreConfig(ConfigModel):
+    common_config: CommonConfig = Field(default_factory=CommonConfig)
     kube_api_config: KubeAPIConfig = Field(default_factory=KubeAPIConfig, alias="kubeAPIConfig")
     modules: Modules = Field(default_factory=Modules)
     log_level: str = "info"
@@ -57,3 +73,15 @@ class CloudCoreConfig(ConfigModel):
 
 def load(path: Path | None) -> CloudCoreConfig:
     return load_config(CloudCoreConfig, path, env_prefix=ENV_PREFIX)
+
+
+def missing_files(config: CloudCoreConfig) -> list[tuple[str, str]]:
+    """Files the configuration names that are not there, as (key, path)."""
+    hub = config.modules.cloud_hub
+    named = [
+        ("modules.cloudHub.tlsCAFile", hub.tls_ca_file),
+        ("modules.cloudHub.tlsCertFile", hub.tls_cert_file),
+        ("modules.cloudHub.tlsPrivateKeyFile", hub.tls_private_key_file),
+        ("kubeAPIConfig.kubeConfig", config.kube_api_config.kube_config),
+    ]
+    return [(key, path) for key, path in named if path and not Path(path).exists()]

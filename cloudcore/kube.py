@@ -61,7 +61,7 @@ class Kube:
             method,
             query_params=query or [],
             header_params={"Accept": JSON, "Content-Type": content_type},
-            body=orjson.dumps(body) if body is not None else None,
+            body=body,  # the REST client serializes it for every JSON content type
             auth_settings=["BearerToken"],
             _preload_content=False,
             _return_http_data_only=True,

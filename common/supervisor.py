@@ -150,20 +150,34 @@ class Supervisor:
                 self.request_shutdown("all modules finished")
 
 
-def run_process(modules: Sequence[Module], *, shutdown_timeout: float = 10.0) -> int:
+Build = Callable[[], Awaitable[tuple[Sequence[Module], Callable[[], Awaitable[None]]]]]
+
+
+def run_process(modules: Sequence[Module] | Build, *, shutdown_timeout: float = 10.0) -> int:
     """Run modules as the whole process: signals handled, uvloop if available.
 
-    If the shutdown could not finish in time, exit at once: the loop's own cleanup would wait on exactly the
-    modules that refused to stop.
+    ``modules`` may be an async ``build()`` returning the modules and a ``close()`` to await after they
+    stopped, for set-up that needs the loop (clients, servers). If the shutdown could not finish in time,
+    exit at once: the loop's own cleanup would wait on exactly the modules that refused to stop.
     """
 
     async def main() -> int:
-        supervisor = Supervisor(modules, shutdown_timeout=shutdown_timeout)
+        loop = asyncio.get_running_loop()
+        early = asyncio.Event()  # a signal during set-up: build, then stop at once
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, early.set)
+        close: Callable[[], Awaitable[None]] | None
+        parts, close = await modules() if callable(modules) else (modules, None)
+        supervisor = Supervisor(parts, shutdown_timeout=shutdown_timeout)
         supervisor.install_signal_handlers()
+        if early.is_set():
+            supervisor.request_shutdown("signal during start-up")
         code = await supervisor.run()
         if not supervisor.clean:
             sys.stderr.flush()
             os._exit(code)
+        if close is not None:
+            await close()
         return code
 
     return run_loop(main())

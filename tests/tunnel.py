@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,16 +82,23 @@ async def running_cloud(pki: Pki, **settings: object) -> AsyncIterator[tuple[Clo
 
 @contextlib.asynccontextmanager
 async def running_edge(
-    pki: Pki, port: int, db: Path, node: str = "edge-a", **settings: object
+    pki: Pki,
+    port: int | str,
+    db: Path,
+    node: str = "edge-a",
+    on_message: Callable[[Message], Awaitable[None]] | None = None,
+    **settings: object,
 ) -> AsyncIterator[EdgeHub]:
     store = await MetaStore.open(db)
-    options: dict[str, object] = {"server": f"127.0.0.1:{port}", "node_name": NodeName(node), "close_timeout": 0.5}
+    server = f"127.0.0.1:{port}" if isinstance(port, int) else port  # or "host:port,host:port"
+    options: dict[str, object] = {"server": server, "node_name": NodeName(node), "close_timeout": 0.5}
     options.update(settings)
     edge = EdgeHub(
         settings=EdgeHubSettings(**options),  # type: ignore[arg-type]
         ssl_context=pki.node_context(node),
         store=store,
         delays=fast_backoff,
+        on_message=on_message,
     )
     task = asyncio.create_task(edge.run(), name=f"test.edgehub.{node}")
     try:

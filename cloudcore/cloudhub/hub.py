@@ -47,6 +47,14 @@ class HubSettings:
 
 
 @dataclass(frozen=True)
+class Totals:
+    acked: int
+    retransmits: int
+    resync: int
+    sessions: int
+
+
+@dataclass(frozen=True)
 class NodeStats:
     desired: int
     pending: int
@@ -70,13 +78,16 @@ class CloudHub:
     ) -> None:
         self.settings = settings or HubSettings()
         self._ssl = ssl_context
-        self._upstream = upstream or _ignore_upstream
+        self.upstream = upstream or _ignore_upstream
         self._desired: dict[NodeName, dict[ObjectUid, DesiredObject]] = {}
         self._links: dict[NodeName, HubLink] = {}
         self._sessions: dict[NodeName, CloudSession] = {}
         self._ready_nodes: set[NodeName] = set()
         self._listeners: list[ConnectionListener] = []
         self._serving: asyncio.Future[int] | None = None
+        # counts of sessions that have ended; live sessions are added at read time
+        self._ended = Totals(acked=0, retransmits=0, resync=0, sessions=0)
+        self.sessions_started = 0
 
     # --- what controllers use ----------------------------------------------------------------------------
 
@@ -103,6 +114,10 @@ class CloudHub:
                 self.delete(node, uid)
         for obj in wanted.values():
             self.upsert(node, obj)
+
+    def reconcile(self, node: NodeName, uid: ObjectUid) -> None:
+        """Check ``uid`` against the edge again: if the edge holds it and it is not desired, it is deleted there."""
+        self._changed(node, uid)
 
     def desired(self, node: NodeName) -> Mapping[ObjectUid, DesiredObject]:
         return self._desired.get(node, {})
@@ -139,6 +154,15 @@ class CloudHub:
             retransmits=sync.sender.retransmits,
             resync=sync.resync_count,
         )
+
+    def totals(self) -> Totals:
+        acked, retransmits, resync = self._ended.acked, self._ended.retransmits, self._ended.resync
+        for session in self._sessions.values():
+            if session.downstream is not None:
+                acked += session.downstream.acked
+                retransmits += session.downstream.sender.retransmits
+                resync += session.downstream.resync_count
+        return Totals(acked, retransmits, resync, self.sessions_started)
 
     def _changed(self, node: NodeName, uid: ObjectUid) -> None:
         session = self._sessions.get(node)
@@ -253,6 +277,15 @@ class CloudHub:
             log.exception("connection_failed", node=node)
             await ws.close(CloseCode.INTERNAL_ERROR, "internal error in CloudCore")
         finally:
+            if session.downstream is not None:
+                sync = session.downstream
+                e = self._ended
+                self._ended = Totals(
+                    e.acked + sync.acked,
+                    e.retransmits + sync.sender.retransmits,
+                    e.resync + sync.resync_count,
+                    e.sessions,
+                )
             if self._links.get(node) is link:
                 del self._links[node]
                 del self._sessions[node]
@@ -270,12 +303,13 @@ class CloudHub:
                 await self._call_upstream(node, event.message)
             elif isinstance(event, Ready) and self._sessions.get(node) is session:
                 self._ready_nodes.add(node)
+                self.sessions_started += 1
                 log.info("node_connected", node=node, resync=event.resync, batching=event.batching)
                 self._notify(node, connected=True)
 
     async def _call_upstream(self, node: NodeName, message: Message) -> None:
         try:
-            await self._upstream(node, message)
+            await self.upstream(node, message)
         except Exception:
             # Acked all the same: a message that breaks its handler would break it again on every resend.
             log.exception(

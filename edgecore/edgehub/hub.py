@@ -34,7 +34,7 @@ ConnectionListener = Callable[[bool], None]
 
 @dataclass(frozen=True)
 class EdgeHubSettings:
-    server: str  # CloudHub's host:port
+    server: str  # CloudHub's host:port; several, comma-separated, are tried in turn (CloudCore replicas)
     node_name: NodeName
     project_id: str = "e632aba927ea4ac2b575ec1603d56f10"
     keepalive_interval: float = 15.0
@@ -72,6 +72,8 @@ class EdgeHub:
         self._change_listeners: list[ChangeListener] = []
         self._connection_listeners: list[ConnectionListener] = []
         self.connected = asyncio.Event()
+        self._servers = [part.strip() for part in settings.server.split(",") if part.strip()]
+        self._current = 0
         self.sessions = 0  # established sessions so far
         self.last_resync = 0
         self.applied = 0  # cloud messages that changed the store
@@ -85,9 +87,14 @@ class EdgeHub:
         self._connection_listeners.append(listener)
 
     @property
+    def server(self) -> str:
+        """The CloudCore endpoint in use or tried next."""
+        return self._servers[self._current]
+
+    @property
     def uri(self) -> str:
         s = self.settings
-        return f"wss://{s.server}/{s.project_id}/{s.node_name}/events"  # the path KubeEdge's EdgeHub dials
+        return f"wss://{self.server}/{s.project_id}/{s.node_name}/events"  # the path KubeEdge's EdgeHub dials
 
     async def publish(self, key: str, *, group: str, operation: str, resource: str, content: Any) -> None:
         """Send upstream, reliably: durable first, then delivered when connected; a newer value of the same
@@ -120,14 +127,15 @@ class EdgeHub:
                 if await self._connect_once():
                     delays = self._delays()  # a session was established: start the backoff afresh
             except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-                log.warning("cloud_unreachable", server=self.settings.server, error=str(exc) or type(exc).__name__)
+                log.warning("cloud_unreachable", server=self.server, error=str(exc) or type(exc).__name__)
+            self._current = (self._current + 1) % len(self._servers)  # next replica, if there are several
             delay = next(delays)
             log.info("reconnecting", delay_s=round(delay, 2))
             await asyncio.sleep(delay)
 
     async def _connect_once(self) -> bool:
         s = self.settings
-        host = s.server.rsplit(":", 1)[0].strip("[]")
+        host = self.server.rsplit(":", 1)[0].strip("[]")
         async with connect(
             self.uri,
             ssl=self._ssl,

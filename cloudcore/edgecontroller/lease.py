@@ -1,0 +1,63 @@
+"""Node leases in ``kube-node-lease``, renewed by the CloudCore replica that holds the node's session.
+
+While an edge's session is alive, its node lease stays fresh, so Kubernetes's node lifecycle sees the node
+as alive; when the session ends, renewals stop and the node goes NotReady after the lease duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import aiohttp
+
+from cloudcore.cloudhub import CloudHub
+from cloudcore.kube import MERGE_PATCH, Kube, KubeError
+from common.logging import get_logger
+from common.messages import NodeName
+
+log = get_logger(__name__)
+
+NAMESPACE = "kube-node-lease"
+LEASE_DURATION_S = 40  # as the kubelet's default
+
+
+def micro_time() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaseRenewer:
+    def __init__(self, *, kube: Kube, hub: CloudHub, interval: float = LEASE_DURATION_S / 4) -> None:
+        self._kube = kube
+        self._hub = hub
+        self._interval = interval
+        self.renewals = 0
+
+    async def run(self) -> None:
+        while True:
+            for node in sorted(self._hub.connected_nodes()):
+                try:
+                    await self.renew(node)
+                except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    log.warning("lease_renewal_failed", node=node, error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(self._interval)
+
+    async def renew(self, node: NodeName) -> None:
+        spec = {"holderIdentity": node, "leaseDurationSeconds": LEASE_DURATION_S, "renewTime": micro_time()}
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
+        try:
+            await self._kube.request("PATCH", f"{path}/{node}", body={"spec": spec}, content_type=MERGE_PATCH)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            await self._kube.request(
+                "POST",
+                path,
+                body={
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": node, "namespace": NAMESPACE},
+                    "spec": spec,
+                },
+            )
+        self.renewals += 1
