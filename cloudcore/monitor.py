@@ -62,6 +62,13 @@ class HubCollector(Collector):
             relists.add_metric([informer.name], informer.relists)
         yield restarts
         yield relists
+        seen = GaugeMetricFamily(
+            "kubage_watch_resource_version", "Newest resourceVersion each cache has seen", labels=["resource"]
+        )
+        for informer in self._informers:
+            if informer.resource_version.isdigit():
+                seen.add_metric([informer.name], int(informer.resource_version))
+        yield seen
 
 
 class Monitor:
