@@ -8,6 +8,7 @@ inventory from this very table and the cloud re-sends whatever is missing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,19 +155,22 @@ class MetaStore:
             )
             changes.append(Change(message.route.operation, uid, message.route.resource, rv, message.content))
         if upserts or deletes:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if deletes:
-                    await self._db.executemany("DELETE FROM objects WHERE uid = ?", deletes)
-                if upserts:
-                    await self._db.executemany(
-                        "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)", upserts
-                    )
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
+            # Shielded: a transaction half-way through SQLite's thread runs to its end even if the caller is
+            # cancelled; cancelling the wait would otherwise queue a ROLLBACK behind the COMMIT.
+            await asyncio.shield(self._write(deletes, upserts))
         return changes, rejected
+
+    async def _write(self, deletes: list[tuple[str]], upserts: list[tuple[Any, ...]]) -> None:
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if deletes:
+                await self._db.executemany("DELETE FROM objects WHERE uid = ?", deletes)
+            if upserts:
+                await self._db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)", upserts)
+            await self._db.execute("COMMIT")
+        except Exception:
+            await self._db.execute("ROLLBACK")
+            raise
 
     async def _versions(self, uids: list[ObjectUid]) -> dict[ObjectUid, str]:
         found: dict[ObjectUid, str] = {}
