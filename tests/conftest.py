@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from cloudcore.kube import Kube
+from tests.tunnel import Pki
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTROL_PLANE = ROOT / "scripts" / "control_plane.py"
@@ -41,3 +44,19 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         yield plane
     finally:
         plane.run("down")
+
+
+@pytest.fixture
+async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
+    """A raw-JSON client (over kubernetes_asyncio) for the session's API server."""
+    client = await Kube.connect(str(control_plane.kubeconfig))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A throwaway CA with a server certificate for 127.0.0.1; node certificates on demand."""
+    return Pki(tmp_path / "pki")

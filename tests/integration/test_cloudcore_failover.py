@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,20 +18,6 @@ from tests.tunnel import Pki, eventually, running_edge
 pytestmark = pytest.mark.kube
 
 MERGE = "application/merge-patch+json"
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return Pki(tmp_path / "pki")
-
-
-@pytest.fixture
-async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
-    k = await Kube.connect(str(control_plane.kubeconfig))
-    try:
-        yield k
-    finally:
-        await k.close()
 
 
 async def api_pods(kube: Kube, namespace: str, node: str) -> dict[str, str]:

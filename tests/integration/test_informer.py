@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from cloudcore.informer import Informer
 from cloudcore.kube import Kube
-from tests.conftest import ControlPlane
 from tests.tunnel import eventually
 
 pytestmark = pytest.mark.kube
-
-
-@pytest.fixture
-async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
-    k = await Kube.connect(str(control_plane.kubeconfig))
-    try:
-        yield k
-    finally:
-        await k.close()
 
 
 async def test_list_watch_and_a_relist_give_every_change_once(kube: Kube) -> None:

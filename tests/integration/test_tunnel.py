@@ -22,11 +22,6 @@ A = NodeName("edge-a")
 B = NodeName("edge-b")
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return Pki(tmp_path / "pki")
-
-
 async def test_objects_arrive_are_updated_and_deleted_at_the_edge(pki: Pki, tmp_path: Path) -> None:
     async with (
         running_cloud(pki) as (hub, _),

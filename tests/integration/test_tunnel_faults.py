@@ -7,18 +7,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import pytest
-
 from common.messages import NodeName
 from tests.faultproxy import FaultProxy
 from tests.tunnel import Pki, eventually, pod, running_cloud, running_edge
 
 A = NodeName("edge-a")
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return Pki(tmp_path / "pki")
 
 
 async def inventory(edge: object) -> dict[str, str]:
