@@ -20,6 +20,7 @@ log = get_logger(__name__)
 
 NAMESPACE = "kube-node-lease"
 LEASE_DURATION_S = 40  # as the kubelet's default
+CONCURRENCY = 16
 
 
 def micro_time() -> str:
@@ -34,13 +35,21 @@ class LeaseRenewer:
         self.renewals = 0
 
     async def run(self) -> None:
-        while True:
-            for node in sorted(self._hub.connected_nodes()):
+        # A round renews every connected node, a bounded number at a time: one request after another
+        # would outgrow the interval at a few thousand nodes.
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def renew(node: NodeName) -> None:
+            async with gate:
                 try:
                     await self.renew(node)
                 except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.warning("lease_renewal_failed", node=node, error=str(exc) or type(exc).__name__)
-            await asyncio.sleep(self._interval)
+
+        while True:
+            started = asyncio.get_running_loop().time()
+            await asyncio.gather(*(renew(node) for node in sorted(self._hub.connected_nodes())))
+            await asyncio.sleep(max(0.0, self._interval - (asyncio.get_running_loop().time() - started)))
 
     async def renew(self, node: NodeName) -> None:
         spec = {"holderIdentity": node, "leaseDurationSeconds": LEASE_DURATION_S, "renewTime": micro_time()}

@@ -87,6 +87,7 @@ class Placement:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self._ref_nodes: dict[Ref, set[NodeName]] = {}  # which nodes hold each configmap/secret
         self._node_refs: dict[NodeName, set[Ref]] = {}
+        self._built: dict[str, DesiredObject] = {}  # uid → the last DesiredObject built, reused while its rv holds
 
     # --- informer handlers -------------------------------------------------------------------------------
 
@@ -94,6 +95,7 @@ class Placement:
         name = NodeName(node["metadata"]["name"])
         if kind == DELETED or EDGE_LABEL not in (node["metadata"].get("labels") or {}):
             if self.nodes.pop(name, None) is not None:
+                self._built.pop(node["metadata"]["uid"], None)
                 log.info("edge_node_removed", node=name)
                 self._sync(name)
             return
@@ -108,6 +110,8 @@ class Placement:
         old_node = (before.get("spec") or {}).get("nodeName") if before is not None else None
         if old_node and self.pods.get(old_node, {}).pop(key, None) is not None:
             touched.add(NodeName(old_node))
+        if kind == DELETED:
+            self._built.pop(pod["metadata"]["uid"], None)
         node = (pod.get("spec") or {}).get("nodeName")
         if kind != DELETED and node:
             self.pods.setdefault(NodeName(node), {})[key] = pod
@@ -128,6 +132,7 @@ class Placement:
         key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
         if kind == DELETED:
             cache.pop(key, None)
+            self._built.pop(obj["metadata"]["uid"], None)
         else:
             cache[key] = obj
         for node in list(self._ref_nodes.get((ref_kind, *key), ())):
@@ -158,14 +163,22 @@ class Placement:
         self._hub.set_objects(node, self._objects(node, pods, refs))
 
     def _objects(self, node: NodeName, pods: list[dict[str, Any]], refs: set[Ref]) -> Iterable[DesiredObject]:
-        yield desired("node", self.nodes[node])
+        yield self._desired("node", self.nodes[node])
         for pod in pods:
-            yield desired("pod", pod)
+            yield self._desired("pod", pod)
         for ref_kind, namespace, name in refs:
             cache = self.configmaps if ref_kind == "configmap" else self.secrets
             obj = cache.get((namespace, name))
             if obj is not None:  # referenced but absent: it goes down when it is created
-                yield desired(ref_kind, obj)
+                yield self._desired(ref_kind, obj)
+
+    def _desired(self, kind: str, obj: dict[str, Any]) -> DesiredObject:
+        """``desired()``, computed once per resourceVersion: every event re-lists the node's objects."""
+        uid, rv = obj["metadata"]["uid"], str(obj["metadata"]["resourceVersion"])
+        built = self._built.get(uid)
+        if built is None or built.resource_version != rv:
+            built = self._built[uid] = desired(kind, obj)
+        return built
 
     def _set_refs(self, node: NodeName, refs: set[Ref]) -> None:
         old = self._node_refs.get(node, set())
