@@ -1,0 +1,239 @@
+"""Edged's decisions, with a real SQLite store and the hollow runtime (no processes: this is about logic;
+tests/integration/test_edge_pods.py runs real containers through containerd)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.messages import Group, Operation, new_message
+from edgecore.edged.edged import Edged
+from edgecore.edged.hollow import HollowRuntime
+from edgecore.edged.runtime import ContainerState
+from edgecore.metamanager.store import MetaStore
+
+NODE = "edge-1"
+
+
+class Published:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, Any]] = []
+
+    async def __call__(self, key: str, *, group: str, operation: str, resource: str, content: Any) -> None:
+        self.items.append((key, operation, content))
+
+    def statuses(self, name: str) -> list[dict[str, Any]]:
+        return [c["status"] for k, _, c in self.items if k == f"podstatus/default/{name}"]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[MetaStore]:
+    s = await MetaStore.open(tmp_path / "edge.db")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def pod(name: str, rv: int = 1, **spec: Any) -> dict[str, Any]:
+    containers = spec.pop("containers", [{"name": "main", "image": "localhost/busybox:1.35"}])
+    return {
+        "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "resourceVersion": str(rv)},
+        "spec": {"nodeName": NODE, "containers": containers, **spec},
+    }
+
+
+async def put(store: MetaStore, kind: str, obj: dict[str, Any], operation: str = Operation.INSERT) -> None:
+    m = obj["metadata"]
+    message = new_message(
+        source="edgecontroller",
+        group=Group.RESOURCE,
+        operation=operation,
+        resource=f"{m.get('namespace', 'null')}/{kind}/{m['name']}",
+        content=obj,
+        now_ms=0,
+        resourceversion=m["resourceVersion"],
+    )
+    changes, rejected = await store.apply([message])
+    assert changes and not rejected
+
+
+def edged(store: MetaStore, runtime: HollowRuntime, published: Published, tmp_path: Path) -> Edged:
+    return Edged(
+        node_name=NODE,
+        store=store,
+        runtime=runtime,
+        root=tmp_path / "edged",
+        publish=published,
+        host_ip="192.0.2.7",
+        restart_backoff=60.0,
+        cgroup_root=tmp_path / "cgroup",
+    )
+
+
+async def test_a_pod_gets_a_sandbox_and_running_containers_and_reports_it(store: MetaStore, tmp_path: Path) -> None:
+    runtime, published = HollowRuntime(), Published()
+    await put(
+        store,
+        "pod",
+        pod(
+            "web",
+            containers=[
+                {"name": "a", "image": "localhost/busybox:1.35"},
+                {"name": "b", "image": "localhost/busybox:1.35"},
+            ],
+        ),
+    )
+    e = edged(store, runtime, published, tmp_path)
+    await e.sync_once()
+    assert len(runtime.sandboxes) == 1
+    assert sorted(c.name for c in runtime.containers.values()) == ["a", "b"]
+    [status] = published.statuses("web")
+    assert status["phase"] == "Running"
+    assert [c["state"].keys() for c in status["containerStatuses"]] == [{"running"}, {"running"}]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+    assert status["hostIP"] == "192.0.2.7"
+    await e.sync_once()
+    assert len(published.items) == 1  # nothing changed: nothing published
+
+
+async def test_restart_policy_decides_what_happens_after_an_exit(store: MetaStore, tmp_path: Path) -> None:
+    runtime, published = HollowRuntime(), Published()
+    await put(store, "pod", pod("always"))
+    await put(store, "pod", pod("never", restartPolicy="Never"))
+    await put(store, "pod", pod("onfailure", restartPolicy="OnFailure"))
+    e = edged(store, runtime, published, tmp_path)
+    await e.sync_once()
+    for container in list(runtime.containers.values()):
+        runtime.exit(container.id, 0 if "onfailure" in container.labels["io.kubernetes.pod.name"] else 3)
+    await e.sync_once()
+    restarted = {
+        c.labels["io.kubernetes.pod.name"]: c.attempt
+        for c in runtime.containers.values()
+        if c.state is ContainerState.RUNNING
+    }
+    assert restarted == {"always": 1}
+    assert published.statuses("never")[-1]["phase"] == "Failed"
+    assert published.statuses("onfailure")[-1]["phase"] == "Succeeded"
+    latest = published.statuses("always")[-1]["containerStatuses"][0]
+    assert latest["restartCount"] == 1 and latest["lastState"]["terminated"]["exitCode"] == 3
+    # the second crash waits out the back-off instead of restarting in a tight loop
+    for container in list(runtime.containers.values()):
+        if container.state is ContainerState.RUNNING:
+            runtime.exit(container.id, 3)
+    await e.sync_once()
+    waiting = published.statuses("always")[-1]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "CrashLoopBackOff"
+
+
+async def test_a_restarted_edged_adopts_instead_of_duplicating(store: MetaStore, tmp_path: Path) -> None:
+    runtime, published = HollowRuntime(), Published()
+    await put(store, "pod", pod("web"))
+    await edged(store, runtime, published, tmp_path).sync_once()
+    before = (dict(runtime.sandboxes), dict(runtime.containers))
+    again = edged(store, runtime, Published(), tmp_path)  # a new process: nothing remembered but SQLite
+    await again.sync_once()
+    assert (runtime.sandboxes, runtime.containers) == before
+    assert again.stats.adopted == 1 and again.stats.sandboxes_started == 0
+
+
+async def test_env_and_volumes_come_from_the_store(store: MetaStore, tmp_path: Path) -> None:
+    runtime, published = HollowRuntime(), Published()
+    await put(
+        store,
+        "configmap",
+        {
+            "metadata": {"name": "cfg", "namespace": "default", "uid": "cm1", "resourceVersion": "1"},
+            "data": {"mode": "fast", "level": "3"},
+        },
+    )
+    await put(
+        store,
+        "secret",
+        {
+            "metadata": {"name": "creds", "namespace": "default", "uid": "s1", "resourceVersion": "1"},
+            "data": {"token": base64.b64encode(b"s3cr3t").decode()},
+        },
+    )
+    container = {
+        "name": "main",
+        "image": "localhost/busybox:1.35",
+        "env": [
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+        "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
+        "volumeMounts": [{"name": "cfg", "mountPath": "/etc/app", "readOnly": True}],
+        "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+    }
+    await put(store, "pod", pod("web", containers=[container], volumes=[{"name": "cfg", "configMap": {"name": "cfg"}}]))
+    configs: list[Any] = []
+    original = runtime.create_container
+
+    async def capture(sandbox_id: str, config: Any, sandbox: Any) -> str:
+        configs.append(config)
+        return await original(sandbox_id, config, sandbox)
+
+    runtime.create_container = capture  # type: ignore[method-assign]  # observe what Edged asks for
+    await edged(store, runtime, published, tmp_path).sync_once()
+    [config] = configs
+    assert config.env == {"CFG_mode": "fast", "CFG_level": "3", "TOKEN": "s3cr3t", "POD": "web"}
+    [mount] = config.mounts
+    assert mount.container_path == "/etc/app" and mount.readonly
+    assert (Path(mount.host_path) / "mode").read_text() == "fast"
+    assert config.resources.cpu_quota == 50_000 and config.resources.memory_limit_bytes == 64 * 2**20
+
+
+async def test_missing_configmap_and_missing_image_say_why_the_pod_waits(store: MetaStore, tmp_path: Path) -> None:
+    runtime, published = HollowRuntime(), Published()
+    await put(
+        store,
+        "pod",
+        pod(
+            "nocfg",
+            containers=[
+                {"name": "main", "image": "localhost/busybox:1.35", "envFrom": [{"configMapRef": {"name": "absent"}}]}
+            ],
+        ),
+    )
+    await put(
+        store,
+        "pod",
+        pod("noimage", containers=[{"name": "main", "image": "localhost/nothere:1", "imagePullPolicy": "Never"}]),
+    )
+    await edged(store, runtime, published, tmp_path).sync_once()
+    nocfg = published.statuses("nocfg")[-1]
+    assert nocfg["phase"] == "Pending"
+    assert nocfg["containerStatuses"][0]["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+    assert "configmap default/absent not found" in nocfg["containerStatuses"][0]["state"]["waiting"]["message"]
+    assert (
+        published.statuses("noimage")[-1]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImageNeverPull"
+    )
+
+
+async def test_deletion_stops_the_pod_and_tells_the_cloud(store: MetaStore, tmp_path: Path) -> None:
+    runtime, published = HollowRuntime(), Published()
+    await put(store, "pod", pod("web"))
+    e = edged(store, runtime, published, tmp_path)
+    await e.sync_once()
+    terminating = pod("web", rv=2)
+    terminating["metadata"]["deletionTimestamp"] = "2026-11-28T00:00:00Z"
+    terminating["metadata"]["deletionGracePeriodSeconds"] = 1
+    await put(store, "pod", terminating, Operation.UPDATE)
+    await e.sync_once()
+    assert runtime.sandboxes == {} and runtime.containers == {}
+    assert (
+        "pod/default/web/deleted",
+        "delete",
+        {"metadata": {"uid": "uid-web", "name": "web", "namespace": "default"}},
+    ) in published.items
+    # a pod the store no longer has at all is removed too
+    await put(store, "pod", pod("other"))
+    await e.sync_once()
+    await put(store, "pod", pod("other", rv=5), Operation.DELETE)
+    await e.sync_once()
+    assert runtime.sandboxes == {}
