@@ -12,9 +12,10 @@ from cloudcore.edgecontroller.placement import EDGE_LABEL, Placement
 from cloudcore.edgecontroller.upstream import Upstream
 from cloudcore.informer import Informer
 from cloudcore.kube import Kube
-from cloudcore.monitor import Monitor
+from cloudcore.monitor import HubCollector
 from common.hublink import now_ms
 from common.logging import get_logger
+from common.monitor import Monitor
 from common.supervisor import Module, Restart
 from common.tls import server_context
 
@@ -59,8 +60,7 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
     lease = LeaseRenewer(kube=kube, hub=hub, interval=config.modules.edge_controller.lease_renew_interval)
     monitor = Monitor(
         bind_address=config.common_config.monitor_server.bind_address,
-        hub=hub,
-        informers=informers,
+        collector=HubCollector(hub, informers),
         ready=serving.is_set,
     )
     modules = [

@@ -41,9 +41,13 @@ class EdgeHub(ConfigModel):
 
 class Edged(ConfigModel):
     enable: bool = True
-    hostname_override: str = Field(default_factory=socket.gethostname)
+    hostname_override: str = Field(default_factory=socket.gethostname)  # the node's name
+    node_ip: str = Field(default="", alias="nodeIP")  # empty: the address that routes to CloudCore
+    node_labels: dict[str, str] = Field(default_factory=dict)
+    node_status_update_frequency: float = Field(default=10.0, gt=0)
     remote_runtime_endpoint: str = "unix:///run/containerd/containerd.sock"
     root_directory: str = "/var/lib/kubage/edged"
+    healthz_bind_address: str = "127.0.0.1:10248"  # /healthz, /readyz and Prometheus /metrics
 
 
 class EventBus(ConfigModel):
@@ -65,3 +69,14 @@ class EdgeCoreConfig(ConfigModel):
 
 def load(path: Path | None) -> EdgeCoreConfig:
     return load_config(EdgeCoreConfig, path, env_prefix=ENV_PREFIX)
+
+
+def missing_files(config: EdgeCoreConfig) -> list[tuple[str, str]]:
+    """Files the configuration names that are not there, as (key, path)."""
+    hub = config.modules.edge_hub
+    named = [
+        ("modules.edgeHub.tlsCaFile", hub.tls_ca_file),
+        ("modules.edgeHub.tlsCertFile", hub.tls_cert_file),
+        ("modules.edgeHub.tlsPrivateKeyFile", hub.tls_private_key_file),
+    ]
+    return [(key, path) for key, path in named if path and not Path(path).exists()]

@@ -9,6 +9,9 @@ inventory from this very table and the cloud re-sends whatever is missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +20,13 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from common.logging import get_logger
 from common.messages import Message, MessageError, ObjectUid, Operation, Resource
 from common.protocol.digest import content_digest
 from common.protocol.downstream import object_uid, should_apply
 from common.protocol.outbox import OutboxItem
+
+log = get_logger(__name__)
 
 SCHEMA = [
     # 1: objects the cloud sent, and the outbox
@@ -53,6 +59,10 @@ class StoreError(Exception):
     """The database cannot be used; the message says which file and why."""
 
 
+class CorruptDatabase(Exception):
+    """The file is not a healthy SQLite database of ours."""
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """One object the cloud changed at the edge, for the modules that act on it (edged, devicetwin)."""
@@ -77,7 +87,23 @@ class MetaStore:
 
     @classmethod
     async def open(cls, path: Path | str) -> MetaStore:
+        """Open (creating or migrating) the store. A corrupt file is moved aside, loudly, and a new one
+        started: the cloud re-sends everything at the next handshake, and the old file stays for forensics."""
         target = str(path)
+        try:
+            return await cls._open(target)
+        except CorruptDatabase as exc:
+            if target == ":memory:":
+                raise StoreError(f"{target}: {exc}") from exc
+            aside = f"{target}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(target + suffix, aside + suffix)  # a rename: cheap, once, at start-up
+            log.error("store_corrupt", path=target, moved_to=aside, reason=str(exc))  # noqa: TRY400 - no traceback
+            return await cls._open(target)
+
+    @classmethod
+    async def _open(cls, target: str) -> MetaStore:
         try:
             db = await aiosqlite.connect(target, isolation_level=None)
         except Exception as exc:  # aiosqlite raises sqlite3 errors and OSErrors alike
@@ -92,13 +118,16 @@ class MetaStore:
 
     async def _setup(self) -> None:
         try:
+            check = await (await self._db.execute("PRAGMA quick_check")).fetchone()
+            if check is None or check[0] != "ok":
+                raise CorruptDatabase(f"integrity check failed: {check[0] if check else 'no answer'}")
             await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute("PRAGMA synchronous=NORMAL")
             version = (await (await self._db.execute("PRAGMA user_version")).fetchone() or (0,))[0]
             for number, ddl in enumerate(SCHEMA[version:], start=version + 1):
                 await self._db.executescript(f"BEGIN; {ddl}; PRAGMA user_version = {number}; COMMIT;")
         except aiosqlite.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a usable database: {exc}") from exc
+            raise CorruptDatabase(f"not a usable database: {exc}") from exc
 
     async def close(self) -> None:
         await self._db.close()

@@ -1,0 +1,122 @@
+"""EdgeCore's modules, wired explicitly: MetaStore ← EdgeHub → Edged, node status, health, systemd."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from common.logging import get_logger
+from common.messages import NodeName
+from common.monitor import Monitor
+from common.supervisor import Module, Restart
+from common.systemd import notify, watchdog
+from common.tls import client_context
+from edgecore.config import EdgeCoreConfig
+from edgecore.edged.edged import Edged
+from edgecore.edged.node import NodeReporter, host_ip_towards, node_status
+from edgecore.edged.runtime import ContainerRuntime
+from edgecore.edgehub import EdgeHub, EdgeHubSettings
+from edgecore.metamanager.store import MetaStore
+
+log = get_logger(__name__)
+
+RuntimeFactory = Callable[[str], ContainerRuntime]
+
+
+class EdgeCollector(Collector):
+    def __init__(self, hub: EdgeHub, edged: Edged) -> None:
+        self._hub = hub
+        self._edged = edged
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "kubage_edgehub_connected",
+            "1 while the session with CloudCore is up",
+            value=int(self._hub.connected.is_set()),
+        )
+        yield GaugeMetricFamily(
+            "kubage_edgehub_outbox", "Upstream messages waiting for the cloud's ack", value=len(self._hub.outbox)
+        )
+        yield CounterMetricFamily(
+            "kubage_edgehub_applied", "Cloud messages that changed the store", value=self._hub.applied
+        )
+        yield CounterMetricFamily("kubage_edgehub_sessions", "Sessions established", value=self._hub.sessions)
+        stats = self._edged.stats
+        yield CounterMetricFamily(
+            "kubage_edged_containers_started", "Containers started", value=stats.containers_started
+        )
+        yield CounterMetricFamily(
+            "kubage_edged_pods_adopted", "Running pods adopted after a restart", value=stats.adopted
+        )
+
+
+async def build(
+    config: EdgeCoreConfig, runtime_factory: RuntimeFactory
+) -> tuple[Sequence[Module], Callable[[], Awaitable[None]]]:
+    hub_config, edged_config = config.modules.edge_hub, config.modules.edged
+    node = NodeName(edged_config.hostname_override)
+    data_source = Path(config.database.data_source)
+    data_source.parent.mkdir(parents=True, exist_ok=True)
+    store = await MetaStore.open(data_source)
+    hub = EdgeHub(
+        settings=EdgeHubSettings(
+            server=hub_config.websocket.server,
+            node_name=node,
+            project_id=hub_config.project_id,
+            keepalive_interval=hub_config.heartbeat,
+            handshake_timeout=hub_config.websocket.handshake_timeout,
+        ),
+        ssl_context=client_context(hub_config.tls_cert_file, hub_config.tls_private_key_file, hub_config.tls_ca_file),
+        store=store,
+    )
+    runtime = runtime_factory(edged_config.remote_runtime_endpoint)
+    cloud_host = hub_config.websocket.server.split(",")[0].rsplit(":", 1)[0].strip("[]")
+    host_ip = edged_config.node_ip or host_ip_towards(cloud_host)
+    root = Path(edged_config.root_directory)
+    root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
+    edged = Edged(node_name=node, store=store, runtime=runtime, root=root, publish=hub.publish, host_ip=host_ip)
+    hub.add_change_listener(edged.wake)
+
+    async def current_status() -> dict[str, Any]:
+        try:
+            version = await runtime.version()
+        except Exception:  # the node still reports; the runtime's absence shows in its version
+            version = "unavailable"
+        return node_status(hostname=node, host_ip=host_ip, runtime_version=version)
+
+    reporter = NodeReporter(
+        node_name=node,
+        labels=edged_config.node_labels,
+        status=current_status,
+        publish=hub.publish,
+        interval=edged_config.node_status_update_frequency,
+    )
+    monitor = Monitor(
+        bind_address=edged_config.healthz_bind_address, collector=EdgeCollector(hub, edged), ready=lambda: True
+    )
+
+    async def systemd() -> None:
+        notify("READY=1")
+        log.info("edgecore_ready", node=node, server=hub_config.websocket.server, host_ip=host_ip)
+        await watchdog()
+        await asyncio.Future()  # nothing more to do; stopping is the supervisor's
+
+    modules = [
+        Module("edgehub", hub.run, Restart.NEVER),
+        Module("edged", edged.run),
+        Module("node", reporter.run),
+        Module("monitor", monitor.run),
+        Module("systemd", systemd),
+    ]
+
+    async def close() -> None:
+        notify("STOPPING=1")
+        await runtime.close()
+        await store.close()
+
+    return modules, close
