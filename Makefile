@@ -5,16 +5,16 @@ SHELL := /bin/bash
 PY      := .venv/bin/python
 UV      := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 # Debian packages the tests run against. Installed only when missing.
-DEBS    := etcd-server
+DEBS    := etcd-server mosquitto containerd runc containernetworking-plugins busybox-static
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help test demo demo-down venv deps apiserver lint typecheck imports pytest clean
+.PHONY: help test demo demo-down venv proto deps apiserver lint typecheck imports pytest clean
 
 help:
 	@echo "make test   set up (venv, Debian packages, kube-apiserver) and run lint, types, import rules, tests"
 	@echo "make demo   the end-to-end demo"
 
-test: venv deps apiserver lint typecheck imports pytest
+test: venv proto deps apiserver lint typecheck imports pytest
 
 demo:
 	@echo "make demo: the end-to-end demo (keadm join, a pod and a device) arrives with issue #7."
@@ -27,6 +27,14 @@ demo-down:
 # uv installs exactly what uv.lock pins; --frozen refuses to touch a lock that disagrees with pyproject.toml.
 venv: $(UV)
 	@$(UV) sync --frozen --quiet
+	@$(MAKE) --no-print-directory proto
+
+# The CRI client's gRPC stubs, generated from edgecore/edged/cri/api.proto (not checked in). protoc writes
+# `import api_pb2` into the grpc module; inside the package that must be a relative import.
+CRI := edgecore/edged/cri
+proto:
+	@$(PY) -m grpc_tools.protoc -I $(CRI) --python_out=$(CRI) --grpc_python_out=$(CRI) --pyi_out=$(CRI) $(CRI)/api.proto
+	@sed -i 's/^import api_pb2 as api__pb2$$/from . import api_pb2 as api__pb2/' $(CRI)/api_pb2_grpc.py
 
 $(UV):
 	python3 -m pip install --quiet --user uv

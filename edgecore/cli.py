@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from common.cli import config_parser, not_built, resolve_config
+import sys
+
+from common.cli import EXIT_USAGE, config_parser, resolve_config
 from common.logging import configure_logging
+from common.supervisor import run_process
 from edgecore import config
 
 
@@ -17,5 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     loaded = resolve_config(parser, args, config.EdgeCoreConfig, config.load, config.DEFAULT_CONFIG_PATH)
     if isinstance(loaded, int):
         return loaded
+    missing = config.missing_files(loaded)
+    if missing:
+        for key, path in missing:
+            sys.stderr.write(f"edgecore: {key}: {path} does not exist (keadm join creates it)\n")
+        return EXIT_USAGE
     configure_logging(loaded.log_level)
-    return not_built("The EdgeCore agent", 5)
+    # Imported here so that --help and config errors stay fast.
+    from edgecore.app import build  # noqa: PLC0415
+    from edgecore.edged.cri import CriRuntime  # noqa: PLC0415
+
+    return run_process(lambda: build(loaded, CriRuntime))

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from cloudcore.kube import Kube
+from tests.containerd import Containerd, ContainerdError
+from tests.containerd import start as start_containerd
 from tests.tunnel import Pki
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,3 +62,25 @@ async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
 def pki(tmp_path: Path) -> Pki:
     """A throwaway CA with a server certificate for 127.0.0.1; node certificates on demand."""
     return Pki(tmp_path / "pki")
+
+
+@pytest.fixture(scope="session")
+def containerd() -> Iterator[Containerd]:
+    """A private containerd (CRI) with localhost/busybox:1.35 and localhost/pause:3.6 imported; see tests/containerd.py.
+
+    Fails (never skips) when containerd cannot run here: the reason is in the failure.
+    """
+    try:
+        ctd = start_containerd()
+    except ContainerdError as exc:
+        reason = str(exc)
+    else:
+        reason = ""
+    if reason:
+        pytest.fail(f"containerd cannot run on this machine: {reason}", pytrace=False)
+    try:
+        yield ctd
+    finally:
+        problems = ctd.stop()
+        if problems:
+            print("containerd teardown:", *problems, sep="\n  ", file=sys.stderr)

@@ -35,9 +35,13 @@ class Pki:
     def server_context(self) -> ssl.SSLContext:
         return server_context(self.server_cert, self.server_key, self.ca_file)
 
-    def node_context(self, node: str) -> ssl.SSLContext:
+    def node_files(self, node: str) -> tuple[Path, Path]:
+        """A client certificate for ``node`` (CN=system:node:<node>): its cert and key paths."""
         key, cert = self.ca.issue_node(node)
-        cert_path, key_path = write_pair(self.directory, f"node-{node}", key, cert)
+        return write_pair(self.directory, f"node-{node}", key, cert)
+
+    def node_context(self, node: str) -> ssl.SSLContext:
+        cert_path, key_path = self.node_files(node)
         return client_context(cert_path, key_path, self.ca_file)
 
 

@@ -167,7 +167,15 @@ class Edged:
         sandbox_config = self._sandbox_config(pod, attempt=len(sandboxes))
         waiting: dict[str, Waiting] = {}
         if sandbox is None:
-            sandbox_id = await self._runtime.run_sandbox(sandbox_config)
+            try:
+                sandbox_id = await self._runtime.run_sandbox(sandbox_config)
+            except ContainerRuntimeError as exc:
+                # e.g. a pod network without a CNI configuration: say so in the pod's status, try again later
+                log.warning("sandbox_failed", pod=_name(pod), error=str(exc))
+                failed = Waiting("CreatePodSandboxError", str(exc))
+                specs = (pod.get("spec") or {}).get("containers") or []
+                await self._report(pod, None, [container_status(c, None, None, failed) for c in specs])
+                return
             self.stats.sandboxes_started += 1
             log.info("sandbox_started", pod=_name(pod), sandbox=sandbox_id[:12])
             sandbox = next((s for s in await self._runtime.list_sandboxes() if s.id == sandbox_id), None)
@@ -284,7 +292,10 @@ class Edged:
         for container in containers:
             with contextlib.suppress(ContainerRuntimeError):
                 await self._runtime.remove_container(container.id)
-        await self._runtime.stop_sandbox(sandbox.id)
+        try:
+            await self._runtime.stop_sandbox(sandbox.id)
+        except ContainerRuntimeError as exc:  # e.g. its network cannot be torn down; removal may still work
+            log.warning("sandbox_stop_failed", sandbox=sandbox.id[:12], error=str(exc))
         await self._runtime.remove_sandbox(sandbox.id)
 
     # --- configs -----------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from kubernetes_asyncio import client
 from cloudcore.kube import Kube, KubeError
 from common.messages import Group, Operation, new_message
 from edgecore.edgehub import EdgeHub
-from tests.cloudcore_proc import CloudCoreProcess
 from tests.conftest import ControlPlane
+from tests.processes import CloudCoreProcess
 from tests.tunnel import Pki, eventually, running_edge
 
 pytestmark = pytest.mark.kube
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.kube
 
 @pytest.fixture
 def cloudcore(control_plane: ControlPlane, pki: Pki, tmp_path: Path) -> Iterator[CloudCoreProcess]:
-    proc = CloudCoreProcess(tmp_path / "cloudcore", control_plane.kubeconfig, pki)
+    proc = CloudCoreProcess(tmp_path / "cloudcore", kubeconfig=control_plane.kubeconfig, pki=pki)
     proc.start()
     try:
         yield proc

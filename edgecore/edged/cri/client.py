@@ -1,0 +1,381 @@
+"""``CriRuntime``: the ``ContainerRuntime`` Protocol over CRI ``runtime.v1`` gRPC, as the kubelet speaks it.
+
+One ``grpc.aio`` channel to the runtime's unix socket (``unix:///run/containerd/containerd.sock``), opened on
+first use so that it belongs to the running event loop. Every gRPC failure becomes a ``ContainerRuntimeError``
+(``ImageError`` for images) whose message names the CRI operation, the object and the gRPC status.
+
+What the machine needs (see the environment notes): containerd with ``restrict_oom_score_adj = true`` when
+root lacks CAP_SYS_RESOURCE; host-network sandboxes keep an empty hostname; images are looked up with
+ImageStatus before any pull, since a pull always goes to the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from edgecore.edged.cri import api_pb2 as pb
+from edgecore.edged.cri import api_pb2_grpc as pb_grpc
+from edgecore.edged.runtime import (
+    CONTAINER_NAME,
+    POD_NAME,
+    POD_NAMESPACE,
+    POD_UID,
+    RESTART_COUNT,
+    ContainerConfig,
+    ContainerInfo,
+    ContainerRuntimeError,
+    ContainerState,
+    ImageError,
+    SandboxConfig,
+    SandboxInfo,
+    SandboxState,
+)
+
+_R = TypeVar("_R", bound=Message)
+
+# The kubelet's limit for CRI messages (ListContainers on a busy node can be large).
+_MAX_MESSAGE = 16 * 1024 * 1024
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+_CONTAINER_STATES = {
+    pb.CONTAINER_CREATED: ContainerState.CREATED,
+    pb.CONTAINER_RUNNING: ContainerState.RUNNING,
+    pb.CONTAINER_EXITED: ContainerState.EXITED,
+    pb.CONTAINER_UNKNOWN: ContainerState.UNKNOWN,
+}
+
+
+class _NotFoundError(ContainerRuntimeError):
+    """The runtime answered NOT_FOUND: callers for which that means "already gone" catch it."""
+
+
+class CriRuntime:
+    """A CRI runtime (containerd) reached over gRPC at ``endpoint``; ``timeout`` bounds every call."""
+
+    def __init__(self, endpoint: str, *, timeout: float = 30.0) -> None:
+        if "://" not in endpoint:
+            endpoint = f"unix://{endpoint}"  # a bare socket path, as crictl accepts it
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._channel: Any = None
+        self._runtime: Any = None
+        self._images: Any = None
+
+    # --- plumbing ------------------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(
+                self.endpoint,
+                options=[
+                    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                    ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ],
+            )
+            self._runtime = pb_grpc.RuntimeServiceStub(self._channel)  # type: ignore[no-untyped-call]
+            self._images = pb_grpc.ImageServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    async def _call(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[_R],
+        what: str,
+        *,
+        deadline_s: float | None = None,
+        error: type[ContainerRuntimeError] = ContainerRuntimeError,
+    ) -> _R:
+        """One unary CRI call, ``method`` on RuntimeService or (if an image method) ImageService."""
+        self._connect()
+        stub = self._images if method in ("ImageStatus", "PullImage") else self._runtime
+        try:
+            response = await getattr(stub, method)(request, timeout=deadline_s or self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            name = code.name if code is not None else "UNKNOWN"
+            message = f"{method} {what}: {name}: {exc.details() or ''}".rstrip(": ")
+            if code == grpc.StatusCode.NOT_FOUND and error is ContainerRuntimeError:
+                raise _NotFoundError(message) from None
+            raise error(message) from None
+        if not isinstance(response, response_type):  # pragma: no cover - the stubs guarantee it
+            raise ContainerRuntimeError(f"{method} {what}: unexpected response {type(response).__name__}")
+        return response
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            self._runtime = self._images = None
+            await channel.close()
+
+    # --- runtime and images --------------------------------------------------------------------------------
+
+    async def version(self) -> str:
+        """``<runtime_name>://<runtime_version>``, e.g. ``containerd://1.6.20~ds1``."""
+        resp = await self._call("Version", pb.VersionRequest(version="v1"), pb.VersionResponse, f"at {self.endpoint}")
+        return f"{resp.runtime_name}://{resp.runtime_version}"
+
+    async def ensure_image(self, image: str, pull_policy: str) -> None:
+        """IfNotPresent/Never look the image up first (ImageStatus); Always and absent images pull it."""
+        if pull_policy not in PULL_POLICIES:
+            raise ImageError(f"image {image}: unknown imagePullPolicy {pull_policy!r}")
+        if pull_policy != "Always":
+            try:
+                status = await self._call(
+                    "ImageStatus",
+                    pb.ImageStatusRequest(image=pb.ImageSpec(image=image)),
+                    pb.ImageStatusResponse,
+                    f"of image {image}",
+                )
+                present = status.HasField("image") and bool(status.image.id)
+            except _NotFoundError:
+                present = False
+            if present:
+                return
+            if pull_policy == "Never":
+                raise ImageError(f"image {image} is not present and imagePullPolicy is Never")
+        await self._call(
+            "PullImage",
+            pb.PullImageRequest(image=pb.ImageSpec(image=image)),
+            pb.PullImageResponse,
+            f"of image {image}",
+            error=ImageError,
+        )
+
+    # --- sandboxes -----------------------------------------------------------------------------------------
+
+    async def run_sandbox(self, config: SandboxConfig) -> str:
+        resp = await self._call(
+            "RunPodSandbox",
+            pb.RunPodSandboxRequest(config=_sandbox_config(config)),
+            pb.RunPodSandboxResponse,
+            f"for pod {config.namespace}/{config.name} (uid {config.uid}, attempt {config.attempt})",
+        )
+        return resp.pod_sandbox_id
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        """Stops the sandbox and every container in it; a sandbox that is already gone counts as stopped."""
+        try:
+            await self._call(
+                "StopPodSandbox", pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id), Message, f"sandbox {sandbox_id}"
+            )
+        except _NotFoundError:
+            return
+
+    async def remove_sandbox(self, sandbox_id: str) -> None:
+        try:
+            await self._call(
+                "RemovePodSandbox",
+                pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id),
+                Message,
+                f"sandbox {sandbox_id}",
+            )
+        except _NotFoundError:
+            return
+
+    async def list_sandboxes(self) -> list[SandboxInfo]:
+        """Every sandbox, with the IP of the ready ones (from PodSandboxStatus; empty for host network)."""
+        resp = await self._call("ListPodSandbox", pb.ListPodSandboxRequest(), pb.ListPodSandboxResponse, "")
+        ips = await asyncio.gather(
+            *(self._sandbox_ip(s.id) if s.state == pb.SANDBOX_READY else _empty() for s in resp.items)
+        )
+        return [
+            SandboxInfo(
+                id=s.id,
+                state=SandboxState.READY if s.state == pb.SANDBOX_READY else SandboxState.NOT_READY,
+                labels=dict(s.labels),
+                created_at_ns=s.created_at,
+                ip=ip,
+            )
+            for s, ip in zip(resp.items, ips, strict=True)
+        ]
+
+    async def _sandbox_ip(self, sandbox_id: str) -> str:
+        try:
+            resp = await self._call(
+                "PodSandboxStatus",
+                pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id),
+                pb.PodSandboxStatusResponse,
+                f"of sandbox {sandbox_id}",
+            )
+        except _NotFoundError:  # removed since the list
+            return ""
+        return resp.status.network.ip
+
+    # --- containers ----------------------------------------------------------------------------------------
+
+    async def create_container(self, sandbox_id: str, config: ContainerConfig, sandbox: SandboxConfig) -> str:
+        resp = await self._call(
+            "CreateContainer",
+            pb.CreateContainerRequest(
+                pod_sandbox_id=sandbox_id,
+                config=_container_config(config, sandbox),
+                sandbox_config=_sandbox_config(sandbox),
+            ),
+            pb.CreateContainerResponse,
+            f"{config.name} (attempt {config.attempt}) in pod {sandbox.namespace}/{sandbox.name}"
+            f" (sandbox {sandbox_id})",
+        )
+        return resp.container_id
+
+    async def start_container(self, container_id: str) -> None:
+        await self._call(
+            "StartContainer", pb.StartContainerRequest(container_id=container_id), Message, f"container {container_id}"
+        )
+
+    async def stop_container(self, container_id: str, timeout_s: int) -> None:
+        """SIGTERM (the image's stop signal), SIGKILL after ``timeout_s``; a container already gone is stopped."""
+        try:
+            await self._call(
+                "StopContainer",
+                pb.StopContainerRequest(container_id=container_id, timeout=max(0, timeout_s)),
+                Message,
+                f"container {container_id}",
+                deadline_s=self.timeout + max(0, timeout_s),
+            )
+        except _NotFoundError:
+            return
+
+    async def remove_container(self, container_id: str) -> None:
+        try:
+            await self._call(
+                "RemoveContainer",
+                pb.RemoveContainerRequest(container_id=container_id),
+                Message,
+                f"container {container_id}",
+            )
+        except _NotFoundError:
+            return
+
+    async def list_containers(self, sandbox_id: str | None = None) -> list[ContainerInfo]:
+        """Every container (or those of one sandbox) in full: one ContainerStatus each, as the kubelet does."""
+        request = pb.ListContainersRequest(filter=pb.ContainerFilter(pod_sandbox_id=sandbox_id or ""))
+        what = f"in sandbox {sandbox_id}" if sandbox_id else ""
+        resp = await self._call("ListContainers", request, pb.ListContainersResponse, what)
+        statuses = await asyncio.gather(*(self._status_or_none(c) for c in resp.containers))
+        return [s for s in statuses if s is not None]
+
+    async def _status_or_none(self, container: pb.Container) -> ContainerInfo | None:
+        try:
+            return await self._status(container.id, container.pod_sandbox_id)
+        except _NotFoundError:  # removed since the list
+            return None
+
+    async def container_status(self, container_id: str) -> ContainerInfo:
+        # ContainerStatus does not say which sandbox the container is in; ListContainers (by id) does.
+        listed, info = await asyncio.gather(
+            self._call(
+                "ListContainers",
+                pb.ListContainersRequest(filter=pb.ContainerFilter(id=container_id)),
+                pb.ListContainersResponse,
+                f"with id {container_id}",
+            ),
+            self._status(container_id, ""),
+        )
+        sandbox_id = next((c.pod_sandbox_id for c in listed.containers if c.id == info.id), "")
+        return replace(info, sandbox_id=sandbox_id)
+
+    async def _status(self, container_id: str, sandbox_id: str) -> ContainerInfo:
+        resp = await self._call(
+            "ContainerStatus",
+            pb.ContainerStatusRequest(container_id=container_id),
+            pb.ContainerStatusResponse,
+            f"of container {container_id}",
+        )
+        return _container_info(resp.status, sandbox_id)
+
+
+async def _empty() -> str:
+    return ""
+
+
+# --- conversions -------------------------------------------------------------------------------------------
+
+
+def _sandbox_config(config: SandboxConfig) -> pb.PodSandboxConfig:
+    network = pb.NODE if config.host_network else pb.POD
+    labels = {POD_NAME: config.name, POD_NAMESPACE: config.namespace, POD_UID: config.uid, **config.labels}
+    return pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(
+            name=config.name, uid=config.uid, namespace=config.namespace, attempt=config.attempt
+        ),
+        # runc refuses a hostname without a private UTS namespace, and host network shares the node's.
+        hostname="" if config.host_network else config.hostname,
+        log_directory=config.log_directory,
+        labels=labels,
+        annotations=dict(config.annotations),
+        linux=pb.LinuxPodSandboxConfig(
+            cgroup_parent=config.cgroup_parent,
+            security_context=pb.LinuxSandboxSecurityContext(
+                # pid CONTAINER: each container its own PID namespace, the v1 PodSpec default the kubelet sets.
+                namespace_options=pb.NamespaceOption(network=network, pid=pb.CONTAINER, ipc=pb.POD),
+            ),
+        ),
+    )
+
+
+def _container_config(config: ContainerConfig, sandbox: SandboxConfig) -> pb.ContainerConfig:
+    labels = {
+        POD_NAME: sandbox.name,
+        POD_NAMESPACE: sandbox.namespace,
+        POD_UID: sandbox.uid,
+        CONTAINER_NAME: config.name,
+        **config.labels,
+    }
+    annotations = {RESTART_COUNT: str(config.attempt), **config.annotations}
+    r = config.resources
+    return pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=config.name, attempt=config.attempt),
+        image=pb.ImageSpec(image=config.image, user_specified_image=config.image),
+        command=list(config.command),
+        args=list(config.args),
+        working_dir=config.working_dir,
+        envs=[pb.KeyValue(key=k, value=v.encode()) for k, v in config.env.items()],
+        mounts=[
+            pb.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly) for m in config.mounts
+        ],
+        labels=labels,
+        annotations=annotations,
+        log_path=config.log_path,
+        linux=pb.LinuxContainerConfig(
+            resources=pb.LinuxContainerResources(
+                cpu_period=r.cpu_period,
+                cpu_quota=r.cpu_quota,
+                cpu_shares=r.cpu_shares,
+                memory_limit_in_bytes=r.memory_limit_bytes,
+            ),
+            security_context=pb.LinuxContainerSecurityContext(
+                namespace_options=pb.NamespaceOption(
+                    network=pb.NODE if sandbox.host_network else pb.POD, pid=pb.CONTAINER, ipc=pb.POD
+                ),
+            ),
+        ),
+    )
+
+
+def _container_info(status: pb.ContainerStatus, sandbox_id: str) -> ContainerInfo:
+    state = _CONTAINER_STATES.get(status.state, ContainerState.UNKNOWN)
+    reason = status.reason
+    if state is ContainerState.EXITED and not reason:
+        reason = "Completed" if status.exit_code == 0 else "Error"
+    return ContainerInfo(
+        id=status.id,
+        sandbox_id=sandbox_id,
+        name=status.metadata.name or status.labels.get(CONTAINER_NAME, ""),
+        state=state,
+        labels=dict(status.labels),
+        annotations=dict(status.annotations),
+        attempt=status.metadata.attempt,
+        image=status.image.user_specified_image or status.image.image,
+        created_at_ns=status.created_at,
+        started_at_ns=status.started_at,
+        finished_at_ns=status.finished_at,
+        exit_code=status.exit_code,
+        reason=reason,
+        message=status.message,
+        log_path=status.log_path,
+    )
