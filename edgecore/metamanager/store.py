@@ -52,6 +52,19 @@ SCHEMA = [
     """,
     # 2: what each object means to the edge, so a reconnect can skip objects whose rv moved on alone
     "ALTER TABLE objects ADD COLUMN digest TEXT NOT NULL DEFAULT ''",
+    # 3: device twins, desired and reported per property with versions (filled by DeviceTwin)
+    """
+    CREATE TABLE device_twins (
+        device TEXT NOT NULL,
+        property TEXT NOT NULL,
+        desired TEXT,
+        desired_version INTEGER NOT NULL DEFAULT 0,
+        reported TEXT,
+        reported_version INTEGER NOT NULL DEFAULT 0,
+        metadata BLOB,
+        PRIMARY KEY (device, property)
+    )
+    """,
 ]
 
 

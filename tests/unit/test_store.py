@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from structlog.testing import capture_logs
@@ -45,3 +46,25 @@ async def test_a_corrupt_database_is_moved_aside_and_reported(tmp_path: Path) ->
     assert aside.read_bytes().startswith(b"this is not sqlite")  # kept, not silently replaced
     [event] = [e for e in logs if e["event"] == "store_corrupt"]
     assert event["moved_to"] == str(aside) and "not a usable database" in event["reason"]
+
+
+async def test_an_old_database_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "edge.db"
+    with sqlite3.connect(path) as old:  # what schema version 1 left behind, with a row in it
+        old.executescript(
+            "CREATE TABLE objects (uid TEXT PRIMARY KEY, key TEXT NOT NULL, kind TEXT NOT NULL, namespace TEXT,"
+            " name TEXT NOT NULL, resource_version TEXT NOT NULL, content BLOB NOT NULL);"
+            "CREATE TABLE outbox (key TEXT PRIMARY KEY, version INTEGER NOT NULL, grp TEXT NOT NULL,"
+            " operation TEXT NOT NULL, resource TEXT NOT NULL, content BLOB NOT NULL);"
+            "INSERT INTO objects VALUES ('u9', 'default/pod/p', 'pod', 'default', 'p', '7', '{}');"
+            "PRAGMA user_version = 1;"
+        )
+    store = await MetaStore.open(path)
+    try:
+        assert await store.inventory() == {"u9": "7"}
+        assert await store.digests() == {}  # added by migration 2, empty for old rows
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("SELECT count(*) FROM device_twins").fetchone() == (0,)
