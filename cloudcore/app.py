@@ -44,6 +44,13 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
         ),
         Informer(kube, "/api/v1/configmaps", name="configmaps", handler=placement.on_configmap),
         Informer(kube, "/api/v1/secrets", name="secrets", handler=placement.on_secret),
+        Informer(kube, "/apis/devices.kubeedge.io/v1beta1/devices", name="devices", handler=placement.on_device),
+        Informer(
+            kube,
+            "/apis/devices.kubeedge.io/v1beta1/devicemodels",
+            name="devicemodels",
+            handler=placement.on_devicemodel,
+        ),
     ]
     serving = asyncio.Event()
 

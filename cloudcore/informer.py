@@ -72,6 +72,11 @@ class Informer:
                     log.info("watch_expired", informer=self.name, rv=self.resource_version)
                     self.relists += 1
                     continue  # the rv is too old: relist at once
+                if exc.status == 404 and not self.synced.is_set():
+                    # The resource is not served (its CRD is not installed): nothing to cache yet, and
+                    # nothing that waits for the caches should wait for this one. Look again later.
+                    log.warning("resource_not_installed", informer=self.name, path=self._path)
+                    self.synced.set()
                 self._restarted(exc)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self._restarted(exc)

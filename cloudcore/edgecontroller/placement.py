@@ -1,9 +1,10 @@
 """Which objects belong to which edge node, fed into the hub's per-node desired sets.
 
-A node holds its own Node object, the pods bound to it (``spec.nodeName``), and the configmaps and secrets
+A node holds its own Node object, the pods bound to it (``spec.nodeName``), the configmaps and secrets
 those pods reference through volumes, projected volumes, ``env[].valueFrom``, ``envFrom`` and
-``imagePullSecrets``. Every change recomputes the desired set of the nodes it touches, so a pod that leaves a
-node, or a reference that goes away, becomes a delete for that node without special cases.
+``imagePullSecrets``, and the devices bound to it (``spec.nodeName``) with their device models. Every change
+recomputes the desired set of the nodes it touches, so a pod that leaves a node, or a reference that goes
+away, becomes a delete for that node without special cases.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from common.protocol.downstream import DesiredObject
 log = get_logger(__name__)
 
 EDGE_LABEL = "node-role.kubernetes.io/edge"
-Ref = tuple[str, str, str]  # (kind, namespace, name), kind "configmap" or "secret"
+Ref = tuple[str, str, str]  # (kind, namespace, name), kind "configmap", "secret" or "devicemodel"
+STATUS_FROM_EDGE = ("pod", "node", "device")  # the edge reports their status; it is not sent down
 
 
 def pod_refs(pod: dict[str, Any]) -> set[Ref]:
@@ -64,7 +66,7 @@ def _without(obj: dict[str, Any], *, status: bool) -> dict[str, Any]:
 
 
 def desired(kind: str, obj: dict[str, Any]) -> DesiredObject:
-    content = _without(obj, status=kind in ("pod", "node"))
+    content = _without(obj, status=kind in STATUS_FROM_EDGE)
     metadata = obj["metadata"]
     namespace = metadata.get("namespace") or NULL_NAMESPACE
     return DesiredObject(
@@ -85,6 +87,8 @@ class Placement:
         self.pods: dict[NodeName, dict[str, dict[str, Any]]] = {}  # node → "ns/name" → pod
         self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.devices: dict[NodeName, dict[str, dict[str, Any]]] = {}  # node → "ns/name" → device
+        self.devicemodels: dict[tuple[str, str], dict[str, Any]] = {}
         self._ref_nodes: dict[Ref, set[NodeName]] = {}  # which nodes hold each configmap/secret
         self._node_refs: dict[NodeName, set[Ref]] = {}
         self._built: dict[str, DesiredObject] = {}  # uid → the last DesiredObject built, reused while its rv holds
@@ -119,6 +123,29 @@ class Placement:
         for name in touched:
             if name in self.nodes:
                 self._sync(name)
+
+    def on_device(self, kind: str, device: dict[str, Any], before: dict[str, Any] | None) -> None:
+        key = f"{device['metadata'].get('namespace')}/{device['metadata']['name']}"
+        touched: set[NodeName] = set()
+        old_node = (before.get("spec") or {}).get("nodeName") if before is not None else None
+        if old_node and self.devices.get(old_node, {}).pop(key, None) is not None:
+            touched.add(NodeName(old_node))
+        if kind == DELETED:
+            self._built.pop(device["metadata"]["uid"], None)
+        node = (device.get("spec") or {}).get("nodeName")
+        if kind != DELETED and node:
+            self.devices.setdefault(NodeName(node), {})[key] = device
+            touched.add(NodeName(node))
+        for name in touched:
+            if name in self.nodes:
+                self._sync(name)
+
+    def on_devicemodel(self, kind: str, obj: dict[str, Any], before: dict[str, Any] | None) -> None:
+        self._on_referenced("devicemodel", self.devicemodels, kind, obj)
+
+    def device_on(self, node: NodeName, namespace: str, name: str) -> dict[str, Any] | None:
+        """The device, if it is bound to ``node``."""
+        return self.devices.get(node, {}).get(f"{namespace}/{name}")
 
     def on_configmap(self, kind: str, obj: dict[str, Any], before: dict[str, Any] | None) -> None:
         self._on_referenced("configmap", self.configmaps, kind, obj)
@@ -156,21 +183,29 @@ class Placement:
             self._hub.set_objects(node, [])
             return
         pods = list(self.pods.get(node, {}).values())
+        devices = list(self.devices.get(node, {}).values())
         refs: set[Ref] = set()
         for pod in pods:
             refs |= pod_refs(pod)
+        for device in devices:
+            model = ((device.get("spec") or {}).get("deviceModelRef") or {}).get("name")
+            if model:
+                refs.add(("devicemodel", device["metadata"].get("namespace", "default"), model))
         self._set_refs(node, refs)
-        self._hub.set_objects(node, self._objects(node, pods, refs))
+        bound = [("pod", pod) for pod in pods] + [("device", device) for device in devices]
+        self._hub.set_objects(node, self._objects(node, bound, refs))
 
-    def _objects(self, node: NodeName, pods: list[dict[str, Any]], refs: set[Ref]) -> Iterable[DesiredObject]:
+    def _objects(
+        self, node: NodeName, bound: list[tuple[str, dict[str, Any]]], refs: set[Ref]
+    ) -> Iterable[DesiredObject]:
         yield self._desired("node", self.nodes[node])
-        for pod in pods:
-            yield self._desired("pod", pod)
+        for kind, obj in bound:
+            yield self._desired(kind, obj)
+        caches = {"configmap": self.configmaps, "secret": self.secrets, "devicemodel": self.devicemodels}
         for ref_kind, namespace, name in refs:
-            cache = self.configmaps if ref_kind == "configmap" else self.secrets
-            obj = cache.get((namespace, name))
-            if obj is not None:  # referenced but absent: it goes down when it is created
-                yield self._desired(ref_kind, obj)
+            referenced = caches[ref_kind].get((namespace, name))
+            if referenced is not None:  # referenced but absent: it goes down when it is created
+                yield self._desired(ref_kind, referenced)
 
     def _desired(self, kind: str, obj: dict[str, Any]) -> DesiredObject:
         """``desired()``, computed once per resourceVersion: every event re-lists the node's objects."""

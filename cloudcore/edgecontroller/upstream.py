@@ -18,7 +18,7 @@ import aiohttp
 
 from cloudcore.cloudhub import CloudHub
 from cloudcore.edgecontroller.placement import EDGE_LABEL, Placement
-from cloudcore.kube import STRATEGIC_PATCH, Kube, KubeError
+from cloudcore.kube import MERGE_PATCH, STRATEGIC_PATCH, Kube, KubeError
 from common.logging import get_logger
 from common.messages import Group, Message, MessageError, NodeName, ObjectUid, Operation, Resource, new_message
 from common.protocol.backoff import backoff_delays
@@ -26,6 +26,7 @@ from common.protocol.backoff import backoff_delays
 log = get_logger(__name__)
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
+DEVICES = "/apis/devices.kubeedge.io/v1beta1"
 
 
 class Refused(Exception):
@@ -57,6 +58,9 @@ class Upstream:
         self._now_ms = now_ms
         self.handled = 0
         self.refused = 0
+        # The newest device status this replica wrote, by "ns/name": the watch may not have brought it back
+        # yet, and twins are merged into the whole list.
+        self._device_status: dict[str, tuple[int, dict[str, Any]]] = {}
 
     async def __call__(self, node: NodeName, message: Message) -> None:
         route = message.route
@@ -91,6 +95,8 @@ class Upstream:
             (Operation.QUERY, "secret"): self._query,
             (Operation.QUERY, "pod"): self._query,
             (Operation.QUERY, "node"): self._query,
+            (Operation.UPDATE, "devicetwin"): self._device_twins,
+            (Operation.UPDATE, "devicestate"): self._device_state,
         }
         return handlers.get((operation, kind))
 
@@ -222,6 +228,58 @@ class Upstream:
     def _bound_elsewhere(self, node: NodeName, namespace: str, name: str) -> bool:
         key = f"{namespace}/{name}"
         return any(key in pods for other, pods in self._placement.pods.items() if other != node)
+
+    # --- devices -----------------------------------------------------------------------------------------
+
+    def _device(self, node: NodeName, resource: Resource) -> dict[str, Any]:
+        namespace = resource.namespace or "default"
+        device = self._placement.device_on(node, namespace, resource.name)
+        if device is None:
+            raise Refused(f"device {namespace}/{resource.name} is not bound to node {node!r}")
+        return device
+
+    def _fresh_status(self, device: dict[str, Any]) -> dict[str, Any]:
+        key = f"{device['metadata'].get('namespace')}/{device['metadata']['name']}"
+        cached_rv = int(device["metadata"]["resourceVersion"])
+        written = self._device_status.get(key)
+        if written is not None and written[0] > cached_rv:
+            return written[1]
+        return device.get("status") or {}
+
+    async def _patch_device_status(self, device: dict[str, Any], status: dict[str, Any]) -> None:
+        m = device["metadata"]
+        path = f"{DEVICES}/namespaces/{m.get('namespace', 'default')}/devices/{m['name']}/status"
+        updated = await self._kube.request("PATCH", path, body={"status": status}, content_type=MERGE_PATCH)
+        self._device_status[f"{m.get('namespace')}/{m['name']}"] = (
+            int(updated["metadata"]["resourceVersion"]),
+            updated.get("status") or {},
+        )
+
+    async def _device_twins(self, node: NodeName, resource: Resource, message: Message) -> None:
+        """Reported twins from the edge, merged into Device status.twins by propertyName."""
+        device = self._device(node, resource)
+        content = message.content if isinstance(message.content, dict) else {}
+        twins = content.get("twins")
+        if not isinstance(twins, list) or not all(isinstance(t, dict) and t.get("propertyName") for t in twins):
+            raise Refused("devicetwin needs a list of twins with a propertyName each")
+        properties = {p.get("name") for p in (device.get("spec") or {}).get("properties") or []}
+        unknown = sorted(t["propertyName"] for t in twins if t["propertyName"] not in properties)
+        if unknown:
+            raise Refused(f"device {resource.namespace}/{resource.name} has no properties {unknown}")
+        merged = {t["propertyName"]: t for t in self._fresh_status(device).get("twins") or []}
+        merged.update({t["propertyName"]: t for t in twins})
+        await self._patch_device_status(device, {"twins": sorted(merged.values(), key=lambda t: t["propertyName"])})
+
+    async def _device_state(self, node: NodeName, resource: Resource, message: Message) -> None:
+        device = self._device(node, resource)
+        content = message.content if isinstance(message.content, dict) else {}
+        state = content.get("state")
+        if not isinstance(state, str):
+            raise Refused("devicestate needs a state string")
+        status = {"state": state}
+        if isinstance(content.get("lastOnlineTime"), str):
+            status["lastOnlineTime"] = content["lastOnlineTime"]
+        await self._patch_device_status(device, status)
 
     # --- queries -----------------------------------------------------------------------------------------
 
