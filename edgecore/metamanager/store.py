@@ -65,6 +65,8 @@ SCHEMA = [
         PRIMARY KEY (device, property)
     )
     """,
+    # 4: digests are computed at handshake from the stored content instead (see digests())
+    "ALTER TABLE objects DROP COLUMN digest",
 ]
 
 
@@ -142,6 +144,12 @@ class MetaStore:
         except aiosqlite.DatabaseError as exc:
             raise CorruptDatabase(f"not a usable database: {exc}") from exc
 
+    @property
+    def db(self) -> aiosqlite.Connection:
+        """The connection, for modules keeping their own tables here (devicetwin): single statements only,
+        since a transaction of this store's may be open on it between awaits."""
+        return self._db
+
     async def close(self) -> None:
         await self._db.close()
 
@@ -152,8 +160,10 @@ class MetaStore:
             return {ObjectUid(uid): rv async for uid, rv in cursor}
 
     async def digests(self) -> dict[ObjectUid, str]:
-        async with self._db.execute("SELECT uid, digest FROM objects WHERE digest != ''") as cursor:
-            return {ObjectUid(uid): digest async for uid, digest in cursor}
+        """Content digests for the handshake, computed from what is stored: once per connection, rather than
+        once per applied message (a third of the apply path's Python time)."""
+        rows = await self._db.execute_fetchall("SELECT uid, content FROM objects")
+        return {ObjectUid(uid): content_digest(orjson.loads(content)) for uid, content in rows}
 
     async def apply(self, messages: list[Message]) -> tuple[list[Change], list[Rejected]]:
         """Apply cloud messages in one transaction: never an older version over a newer one, idempotent."""
@@ -192,7 +202,6 @@ class MetaStore:
                     resource.name,
                     rv,
                     orjson.dumps(message.content),
-                    content_digest(message.content),
                 )
             )
             changes.append(Change(message.route.operation, uid, message.route.resource, rv, message.content))
@@ -208,7 +217,7 @@ class MetaStore:
             if deletes:
                 await self._db.executemany("DELETE FROM objects WHERE uid = ?", deletes)
             if upserts:
-                await self._db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)", upserts)
+                await self._db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)", upserts)
             await self._db.execute("COMMIT")
         except Exception:
             await self._db.execute("ROLLBACK")
@@ -220,8 +229,8 @@ class MetaStore:
             chunk = uids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             query = f"SELECT uid, resource_version FROM objects WHERE uid IN ({marks})"  # noqa: S608 - only "?" marks
-            async with self._db.execute(query, chunk) as cursor:
-                found.update({ObjectUid(uid): rv async for uid, rv in cursor})
+            # One hop to SQLite's thread for the whole chunk; iterating a cursor costs one per 64 rows.
+            found.update(await self._db.execute_fetchall(query, chunk))  # type: ignore[arg-type]
         return found
 
     async def get(self, kind: str, namespace: str | None, name: str) -> Any:

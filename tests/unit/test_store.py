@@ -62,9 +62,9 @@ async def test_an_old_database_is_migrated_in_place(tmp_path: Path) -> None:
     store = await MetaStore.open(path)
     try:
         assert await store.inventory() == {"u9": "7"}
-        assert await store.digests() == {}  # added by migration 2, empty for old rows
+        assert list(await store.digests()) == ["u9"]
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
         assert db.execute("SELECT count(*) FROM device_twins").fetchone() == (0,)
