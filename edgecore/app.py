@@ -1,4 +1,4 @@
-"""EdgeCore's modules, wired explicitly: MetaStore ← EdgeHub → Edged, node status, health, systemd."""
+"""EdgeCore's modules, wired explicitly: MetaStore ← EdgeHub → Edged, DeviceTwin ↔ EventBus, node status, health."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ from common.supervisor import Module, Restart
 from common.systemd import notify, watchdog
 from common.tls import client_context
 from edgecore.config import EdgeCoreConfig
+from edgecore.devicetwin import DeviceTwin
 from edgecore.edged.edged import Edged
 from edgecore.edged.node import NodeReporter, host_ip_towards, node_status
 from edgecore.edged.runtime import ContainerRuntime
 from edgecore.edgehub import EdgeHub, EdgeHubSettings
+from edgecore.eventbus import EventBus, EventBusSettings
 from edgecore.metamanager.store import MetaStore
 
 log = get_logger(__name__)
@@ -113,6 +115,15 @@ async def build(
         Module("monitor", monitor.run),
         Module("systemd", systemd),
     ]
+    bus_config = config.modules.event_bus
+    if bus_config.enable:
+        # Devices: the MQTT broker may come and go; the bus retries quietly and /readyz does not wait for it.
+        bus = EventBus(EventBusSettings(server=bus_config.mqtt_server_external, qos=bus_config.mqtt_qos))
+        twin = DeviceTwin(node_name=node, store=store, publish_upstream=hub.publish, publish_local=bus.publish)
+        bus.set_handler(twin.submit)
+        bus.add_connection_listener(twin.on_bus_connection)
+        hub.add_change_listener(twin.on_changes)
+        modules[1:1] = [Module("eventbus", bus.run), Module("devicetwin", twin.run)]
 
     async def close() -> None:
         notify("STOPPING=1")

@@ -53,6 +53,7 @@ class Edged(ConfigModel):
 class EventBus(ConfigModel):
     enable: bool = True
     mqtt_server_external: str = "tcp://127.0.0.1:1883"
+    mqtt_qos: int = Field(default=1, ge=0, le=2, alias="mqttQOS")  # for the edge's subscriptions and replies
 
 
 class Modules(ConfigModel):
