@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-NODE_CN_PREFIX = "system:node:"
+from common.tls import NODE_CN_PREFIX
+
 PrivateKey = ec.EllipticCurvePrivateKey
 
 

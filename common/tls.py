@@ -7,8 +7,9 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from common.pki import NODE_CN_PREFIX
-
+# A node's client certificate says CN=system:node:<name>, as Kubernetes's node certificates do. (Here, not in
+# common.pki, so that EdgeCore does not load the cryptography package just for this string.)
+NODE_CN_PREFIX = "system:node:"
 # A node name is a DNS-1123 subdomain, as Kubernetes requires of Node names.
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
