@@ -13,6 +13,7 @@ import pytest
 from cloudcore.kube import Kube
 from tests.containerd import Containerd, ContainerdError
 from tests.containerd import start as start_containerd
+from tests.mqtt import Mosquitto, MosquittoError
 from tests.tunnel import Pki
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,3 +85,24 @@ def containerd() -> Iterator[Containerd]:
         problems = ctd.stop()
         if problems:
             print("containerd teardown:", *problems, sep="\n  ", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A private mosquitto on a free 127.0.0.1 port (``.host``, ``.port``, ``.url``, ``.restart()``).
+
+    Fails (never skips) when mosquitto cannot run here: the reason is in the failure.
+    """
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    try:
+        broker.start()
+    except MosquittoError as exc:
+        reason = str(exc)
+    else:
+        reason = ""
+    if reason:
+        pytest.fail(f"mosquitto cannot run on this machine: {reason}", pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()

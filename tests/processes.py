@@ -133,6 +133,7 @@ class EdgeCoreProcess(Service):
     pki: Pki | None = None
     command: str = "edgecore"
     heartbeat: float = 2.0
+    mqtt: str = "tcp://127.0.0.1:1883"  # the MQTT broker EventBus uses
 
     def settings(self) -> dict[str, Any]:
         assert self.pki is not None
@@ -155,9 +156,32 @@ class EdgeCoreProcess(Service):
                     "healthzBindAddress": f"127.0.0.1:{self.monitor_port}",
                     "nodeStatusUpdateFrequency": 2,
                 },
+                "eventBus": {"mqttServerExternal": self.mqtt},
             },
         }
 
     def pod_log(self, namespace: str, name: str, uid: str, container: str, attempt: int = 0) -> str:
         path = self.workdir / "edged" / "logs" / "pods" / f"{namespace}_{name}_{uid}" / container / f"{attempt}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+@dataclass
+class MapperProcess(Service):
+    """``kubage-mapper``: no config file, no HTTP; flags only."""
+
+    protocol: str = "virtual"
+    node: str = "edge-1"
+    broker: str = ""
+    command: str = "kubage-mapper"
+
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(BIN / self.command), "--protocol", self.protocol, "--node", self.node, "--broker", self.broker],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONASYNCIODEBUG": "0"},
+            )
