@@ -16,7 +16,7 @@ from pymodbus.server import ModbusTcpServer
 from cloudcore.kube import Kube
 from tests.conftest import ControlPlane
 from tests.faultproxy import FaultProxy
-from tests.integration.test_mappers import HOLDING, INPUT, modbus_server
+from tests.integration.test_mappers import HOLDING, INPUT, modbus_server, opcua  # noqa: F401 - opcua is a fixture
 from tests.mqtt import Mosquitto
 from tests.processes import CloudCoreProcess, EdgeCoreProcess, MapperProcess, free_port
 from tests.tunnel import Pki, eventually
@@ -222,3 +222,74 @@ def _outbox_holds(edge: EdgeCoreProcess) -> bool:
     metrics = edge.metrics()
     line = next(x for x in metrics.splitlines() if x.startswith("kubage_edgehub_outbox "))
     return float(line.split()[1]) > 0
+
+
+async def test_an_opcua_device_round_trips_through_the_cloud(
+    kube: Kube,
+    cloud: CloudCoreProcess,
+    mosquitto: Mosquitto,
+    opcua: tuple[Any, str, dict[str, Any]],  # noqa: F811 - the fixture imported above
+    pki: Pki,
+    tmp_path: Path,
+) -> None:
+    _, url, nodes = opcua
+    namespace, node = f"t-{uuid.uuid4().hex[:8]}", f"edge-{uuid.uuid4().hex[:6]}"
+    await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+    await kube.request(
+        "POST", "/api/v1/nodes", body={"metadata": {"name": node, "labels": {"node-role.kubernetes.io/edge": ""}}}
+    )
+    objects = f"{DEVICES}/namespaces/{namespace}"
+    await kube.request(
+        "POST",
+        f"{objects}/devicemodels",
+        body=model(
+            "panel",
+            "opcua",
+            [
+                {"name": "temperature", "type": "DOUBLE", "accessMode": "ReadOnly"},
+                {"name": "setpoint", "type": "DOUBLE", "accessMode": "ReadWrite"},
+            ],
+        ),
+    )
+    visitor = {
+        name: {"protocolName": "opcua", "configData": {"nodeID": nodes[name].nodeid.to_string()}}
+        for name in ("temperature", "setpoint")
+    }
+    await kube.request(
+        "POST",
+        f"{objects}/devices",
+        body=device(
+            "panel1",
+            node,
+            "panel",
+            {"protocolName": "opcua", "configData": {"url": url}},
+            [
+                {"name": "temperature", "collectCycle": 200, "reportCycle": 200, "visitors": visitor["temperature"]},
+                {
+                    "name": "setpoint",
+                    "collectCycle": 200,
+                    "reportCycle": 200,
+                    "desired": {"value": "30"},
+                    "visitors": visitor["setpoint"],
+                },
+            ],
+        ),
+    )
+    edge = EdgeCoreProcess(
+        tmp_path / "edge",
+        node=node,
+        server=f"127.0.0.1:{cloud.port}",
+        pki=pki,
+        runtime_endpoint=f"unix://{tmp_path}/no-runtime.sock",
+        mqtt=mosquitto.url,
+    )
+    mapper = MapperProcess(tmp_path / "opcua", protocol="opcua", node=node, broker=mosquitto.url)
+    edge.start()
+    mapper.start()
+    try:
+        await edge.wait_ready()
+        await eventually(lambda: _has(kube, namespace, "panel1", {"temperature": "21.5", "setpoint": "30.0"}), 60)
+        assert await nodes["setpoint"].read_value() == 30.0
+    finally:
+        assert mapper.stop() == 0, mapper.tail()
+        assert edge.stop() == 0, edge.tail()
