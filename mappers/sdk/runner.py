@@ -5,14 +5,19 @@ Lifetimes: the runner's TaskGroup owns every device task; each broker connection
 outbox writer and the membership request, and reads incoming messages itself. Losing the broker ends only the
 connection: devices keep collecting into the outbox (latest per topic), and after the reconnect (backoff with
 full jitter) the runner subscribes again, asks for membership again and republishes device states.
+
+Stopping is made to hold on Python 3.11, whose ``asyncio.wait_for`` drops a cancellation that races the awaited
+result: aiomqtt calls get ``timeout=math.inf`` (no ``wait_for`` deadline) under our own ``asyncio.timeout``,
+device tasks get a stop flag besides the cancellation, and ``run`` repeats its cancellation until the work ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,6 +115,16 @@ class MapperRunner:
         return sorted(self._devices)
 
     async def run(self) -> None:
+        """Serve until cancelled; a cancellation is repeated until the work has really stopped."""
+        work = asyncio.create_task(self._run(), name="mapper.runner")
+        try:
+            await asyncio.wait({work})
+        except asyncio.CancelledError:
+            await cancel_until_done(work)
+            raise
+        work.result()
+
+    async def _run(self) -> None:
         self._log.info("mapper_started", broker=str(self._broker))
         try:
             async with asyncio.TaskGroup() as group:
@@ -157,7 +172,8 @@ class MapperRunner:
         return client
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        await client.subscribe([(membership_get_result(self.node), 1), (membership_updated(self.node), 1)])
+        topics = [(membership_get_result(self.node), 1), (membership_updated(self.node), 1)]
+        await self._bounded(client.subscribe(topics, timeout=math.inf), "subscribe")
         await self._subscribe(client, list(self._devices))
         for managed in self._devices.values():
             managed.device.republish_state()
@@ -171,7 +187,7 @@ class MapperRunner:
         while True:
             topic, payload = await self._outbox.get()
             try:
-                await client.publish(topic, orjson.dumps(payload), qos=1)
+                await self._bounded(client.publish(topic, orjson.dumps(payload), qos=1, timeout=math.inf), "publish")
             except BaseException:
                 self._outbox.give_back(topic, payload)  # at least once: it may have arrived, it may not
                 raise
@@ -181,7 +197,8 @@ class MapperRunner:
         self._membership_seen.clear()
         wait = 1.0
         while True:
-            await client.publish(membership_get(self.node), orjson.dumps({"event_id": event_id()}), qos=1)
+            request = orjson.dumps({"event_id": event_id()})
+            await self._bounded(client.publish(membership_get(self.node), request, qos=1, timeout=math.inf), "publish")
             self._log.info("membership_requested")
             try:
                 async with asyncio.timeout(wait):
@@ -193,11 +210,22 @@ class MapperRunner:
 
     async def _subscribe(self, client: aiomqtt.Client, devices: Sequence[str]) -> None:
         for start in range(0, len(devices), SUBSCRIBE_BATCH):
-            await client.subscribe([(twin_update_delta(d), 1) for d in devices[start : start + SUBSCRIBE_BATCH]])
+            topics = [(twin_update_delta(d), 1) for d in devices[start : start + SUBSCRIBE_BATCH]]
+            await self._bounded(client.subscribe(topics, timeout=math.inf), "subscribe")
 
     async def _unsubscribe(self, client: aiomqtt.Client, devices: Sequence[str]) -> None:
         for start in range(0, len(devices), SUBSCRIBE_BATCH):
-            await client.unsubscribe([twin_update_delta(d) for d in devices[start : start + SUBSCRIBE_BATCH]])
+            topics = [twin_update_delta(d) for d in devices[start : start + SUBSCRIBE_BATCH]]
+            await self._bounded(client.unsubscribe(topics, timeout=math.inf), "unsubscribe")
+
+    async def _bounded(self, call: Awaitable[object], what: str) -> None:
+        """Our own deadline around an aiomqtt call made with ``timeout=math.inf``: aiomqtt's deadline goes through
+        Python 3.11's ``asyncio.wait_for``, which drops a cancellation that races the broker's answer."""
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                await call
+        except TimeoutError:
+            raise aiomqtt.MqttError(f"{what}: no answer from the broker within {self._publish_timeout} s") from None
 
     # -- incoming messages ----------------------------------------------------------------------------------
 
@@ -308,6 +336,13 @@ class MapperRunner:
         managed.task.cancel()
         await asyncio.wait({managed.task})  # its driver.stop() is bounded by call_timeout
         self._outbox.discard(f"{PREFIX}/device/{device_id}/")
+
+
+async def cancel_until_done(task: asyncio.Task[Any], *, every: float = 1.0) -> None:
+    """Cancel a task and wait for its end, cancelling again while it runs on (a library dropped the first)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)
 
 
 def _shape(entry: Member) -> tuple[Any, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -38,6 +39,7 @@ from common.devices import (
 )
 from common.protocol.backoff import backoff_delays
 from mappers.sdk import Broker, MapperRunner, load_driver
+from mappers.sdk.runner import cancel_until_done
 from tests.mqtt import Mosquitto
 from tests.processes import free_port
 
@@ -96,9 +98,10 @@ class Edge:
         self.connected = asyncio.Event()
         self._arrived = asyncio.Event()
         self._client: aiomqtt.Client | None = None
+        self.stopping = False
 
     async def run(self) -> None:
-        while True:
+        while not self.stopping:
             try:
                 async with aiomqtt.Client(self.broker.host, self.broker.port, logger=_quiet) as client:
                     await client.subscribe(
@@ -117,7 +120,8 @@ class Edge:
                             self.membership_requests += 1
                             self.asked.set()
                             result = {"event_id": data["event_id"], "timestamp": 0, "devices": self.devices}
-                            await client.publish(membership_get_result(self.node), orjson.dumps(result), qos=1)
+                            answer = orjson.dumps(result)
+                            await client.publish(membership_get_result(self.node), answer, qos=1, timeout=math.inf)
                         else:
                             self.received.append((message.topic.value, data))
                             self._arrived.set()
@@ -130,7 +134,8 @@ class Edge:
         async with asyncio.timeout(10):
             await self.connected.wait()
         assert self._client is not None
-        await self._client.publish(topic, orjson.dumps(payload), qos=1)
+        async with asyncio.timeout(10):  # not aiomqtt's own: Python 3.11's wait_for can drop a cancellation
+            await self._client.publish(topic, orjson.dumps(payload), qos=1, timeout=math.inf)
 
     def mark(self) -> int:
         """A point in what was received: ``wait_for(..., since=mark)`` looks only at what came after it."""
@@ -179,8 +184,8 @@ async def edge(broker: Mosquitto, devices: list[Payload]) -> AsyncIterator[Edge]
             await stub.connected.wait()
         yield stub
     finally:
-        task.cancel()
-        await asyncio.wait({task})
+        stub.stopping = True
+        await cancel_until_done(task)
 
 
 @asynccontextmanager

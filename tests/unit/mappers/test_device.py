@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -188,3 +189,33 @@ async def test_the_state_is_repeated_on_its_cycle(driver: FakeDriver) -> None:
     finally:
         task.cancel()
         await asyncio.wait({task})
+
+
+class SwallowingDriver(FakeDriver):
+    """Loses a cancellation, as Python 3.11's asyncio.wait_for (inside pymodbus) does when the answer races it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()
+
+    async def read(self, prop: str, visitor: dict[str, Any]) -> Value:
+        self.reading.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.02)
+        return await super().read(prop, visitor)
+
+
+async def test_a_stop_request_ends_the_task_even_when_the_driver_swallows_the_cancellation() -> None:
+    entry = member()
+    outbox = Outbox()
+    driver = SwallowingDriver()
+    device = DeviceTask(entry, plan_device(entry), driver, outbox)
+    task = asyncio.create_task(device.run())
+    await Running(device, outbox).next(TWIN)
+    driver.reading.clear()
+    await driver.reading.wait()  # the cancellation lands inside a read, which drops it
+    device.request_stop()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done
+    assert driver.stopped

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
 from mappers.modbus import ModbusDriver
 from mappers.opcua import OpcuaDriver
 from mappers.sdk import Broker, DeviceDriver, DriverNotFound, InvalidConfig, load_driver
+from mappers.sdk.runner import cancel_until_done
 from mappers.virtual import VirtualDriver
 
 
@@ -36,3 +40,15 @@ def test_broker_urls(url: str, broker: Broker) -> None:
 def test_bad_broker_urls(url: str, reason: str) -> None:
     with pytest.raises(InvalidConfig, match=reason):
         Broker.parse(url)
+
+
+async def test_cancel_until_done_repeats_a_cancellation_that_was_dropped() -> None:
+    async def stubborn() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # as asyncio.wait_for may, on Python 3.11
+            await asyncio.sleep(10)
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await cancel_until_done(task, every=0.05)
+    assert task.cancelled()
