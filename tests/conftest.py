@@ -14,6 +14,7 @@ from cloudcore.kube import Kube
 from tests.containerd import Containerd, ContainerdError
 from tests.containerd import start as start_containerd
 from tests.mqtt import Mosquitto, MosquittoError
+from tests.processes import CloudCoreProcess
 from tests.tunnel import Pki
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,3 +107,15 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+async def cloud(control_plane: ControlPlane, pki: Pki, tmp_path: Path) -> AsyncIterator[CloudCoreProcess]:
+    """The real ``cloudcore`` command against the session's API server, ready to serve edges."""
+    proc = CloudCoreProcess(tmp_path / "cloudcore", kubeconfig=control_plane.kubeconfig, pki=pki)
+    proc.start()
+    try:
+        await proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()

@@ -4,7 +4,6 @@ twins come back into the Device status, and a node can neither see nor report fo
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +11,12 @@ import pytest
 
 from cloudcore.kube import Kube
 from edgecore.edgehub import EdgeHub
-from tests.conftest import ControlPlane
 from tests.processes import CloudCoreProcess
 from tests.tunnel import Pki, eventually, running_edge
 
 pytestmark = pytest.mark.kube
 DEVICES = "/apis/devices.kubeedge.io/v1beta1"
 MERGE = "application/merge-patch+json"
-
-
-@pytest.fixture
-async def cloudcore(control_plane: ControlPlane, pki: Pki, tmp_path: Path) -> AsyncIterator[CloudCoreProcess]:
-    proc = CloudCoreProcess(tmp_path / "cloudcore", kubeconfig=control_plane.kubeconfig, pki=pki)
-    proc.start()
-    try:
-        await proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
 
 
 def thermostat(name: str, node: str, setpoint: str) -> dict[str, Any]:
@@ -70,7 +57,7 @@ async def held(edge: EdgeHub, kind: str) -> dict[str, Any]:
 
 
 async def test_devices_go_down_twins_come_up_and_nodes_stay_apart(
-    kube: Kube, cloudcore: CloudCoreProcess, pki: Pki, tmp_path: Path
+    kube: Kube, cloud: CloudCoreProcess, pki: Pki, tmp_path: Path
 ) -> None:
     namespace, mine, theirs = (
         f"t-{uuid.uuid4().hex[:8]}",
@@ -101,8 +88,8 @@ async def test_devices_go_down_twins_come_up_and_nodes_stay_apart(
     await kube.request("POST", f"{DEVICES}/namespaces/{namespace}/devices", body=thermostat("t1", mine, "21.5"))
     await kube.request("POST", f"{DEVICES}/namespaces/{namespace}/devices", body=thermostat("t2", theirs, "19"))
     async with (
-        running_edge(pki, cloudcore.port, tmp_path / "mine.db", node=mine) as edge,
-        running_edge(pki, cloudcore.port, tmp_path / "theirs.db", node=theirs) as other,
+        running_edge(pki, cloud.port, tmp_path / "mine.db", node=mine) as edge,
+        running_edge(pki, cloud.port, tmp_path / "theirs.db", node=theirs) as other,
     ):
         await eventually(lambda: _names(edge, "device", {"t1"}), timeout=20)
         await eventually(lambda: _names(edge, "devicemodel", {"thermostat"}), timeout=20)
@@ -157,7 +144,7 @@ async def test_devices_go_down_twins_come_up_and_nodes_stay_apart(
         )
         await eventually(lambda: len(other.outbox) == 0, timeout=20)
         assert await _reported(kube, namespace, "t1", {"temperature": "23.4", "setpoint": "21.5"})
-        assert "request_refused" in cloudcore.tail(400) and theirs in cloudcore.tail(400)
+        assert "request_refused" in cloud.tail(400) and theirs in cloud.tail(400)
         assert "t1" not in await held(other, "device")
 
 

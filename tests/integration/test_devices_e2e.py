@@ -14,7 +14,6 @@ import pytest
 from pymodbus.server import ModbusTcpServer
 
 from cloudcore.kube import Kube
-from tests.conftest import ControlPlane
 from tests.faultproxy import FaultProxy
 from tests.integration.test_mappers import HOLDING, INPUT, modbus_server, opcua  # noqa: F401 - opcua is a fixture
 from tests.mqtt import Mosquitto
@@ -23,17 +22,6 @@ from tests.tunnel import Pki, eventually
 
 pytestmark = pytest.mark.kube
 DEVICES = "/apis/devices.kubeedge.io/v1beta1"
-
-
-@pytest.fixture
-async def cloud(control_plane: ControlPlane, pki: Pki, tmp_path: Path) -> AsyncIterator[CloudCoreProcess]:
-    proc = CloudCoreProcess(tmp_path / "cloudcore", kubeconfig=control_plane.kubeconfig, pki=pki)
-    proc.start()
-    try:
-        await proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

@@ -19,23 +19,11 @@ import pytest
 from cloudcore.kube import Kube, KubeError
 from edgecore.edged.cri import CriRuntime
 from edgecore.edged.runtime import POD_UID, ContainerState
-from tests.conftest import ControlPlane
 from tests.faultproxy import FaultProxy
 from tests.processes import CloudCoreProcess, EdgeCoreProcess
 from tests.tunnel import Pki, eventually
 
 pytestmark = pytest.mark.kube
-
-
-@pytest.fixture
-async def cloud(control_plane: ControlPlane, pki: Pki, tmp_path: Path) -> AsyncIterator[CloudCoreProcess]:
-    proc = CloudCoreProcess(tmp_path / "cloudcore", kubeconfig=control_plane.kubeconfig, pki=pki)
-    proc.start()
-    try:
-        await proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
