@@ -115,11 +115,16 @@ async def build(
         Module("monitor", monitor.run),
         Module("systemd", systemd),
     ]
+    closing: list[MetaStore] = []
     bus_config = config.modules.event_bus
     if bus_config.enable:
         # Devices: the MQTT broker may come and go; the bus retries quietly and /readyz does not wait for it.
         bus = EventBus(EventBusSettings(server=bus_config.mqtt_server_external, qos=bus_config.mqtt_qos))
-        twin = DeviceTwin(node_name=node, store=store, publish_upstream=hub.publish, publish_local=bus.publish)
+        # Its own connection to the same file: statements interleaved with the store's open write transaction
+        # on one connection made COMMIT fail ("SQL statements in progress") and stopped EdgeCore.
+        twin_store = await MetaStore.open(data_source)
+        closing.append(twin_store)
+        twin = DeviceTwin(node_name=node, store=twin_store, publish_upstream=hub.publish, publish_local=bus.publish)
         bus.set_handler(twin.submit)
         bus.add_connection_listener(twin.on_bus_connection)
         hub.add_change_listener(twin.on_changes)
@@ -128,6 +133,8 @@ async def build(
     async def close() -> None:
         notify("STOPPING=1")
         await runtime.close()
+        for extra in closing:
+            await extra.close()
         await store.close()
 
     return modules, close
