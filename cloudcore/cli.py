@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
 from cloudcore import config
-from common.cli import EXIT_USAGE, config_parser, resolve_config
+from common.cli import config_parser, report_missing, resolve_config
 from common.logging import configure_logging
 from common.supervisor import run_process
 
@@ -20,11 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     loaded = resolve_config(parser, args, config.CloudCoreConfig, config.load, config.DEFAULT_CONFIG_PATH)
     if isinstance(loaded, int):
         return loaded
-    missing = config.missing_files(loaded)
-    if missing:
-        for key, path in missing:
-            sys.stderr.write(f"cloudcore: {key}: {path} does not exist (keadm init creates it)\n")
-        return EXIT_USAGE
+    failed = report_missing("cloudcore", config.required_files(loaded), "keadm init creates it")
+    if failed is not None:
+        return failed
     configure_logging(loaded.log_level)
     from cloudcore.app import build  # noqa: PLC0415 - keeps --help and config errors fast
 

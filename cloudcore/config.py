@@ -75,13 +75,12 @@ def load(path: Path | None) -> CloudCoreConfig:
     return load_config(CloudCoreConfig, path, env_prefix=ENV_PREFIX)
 
 
-def missing_files(config: CloudCoreConfig) -> list[tuple[str, str]]:
-    """Files the configuration names that are not there, as (key, path)."""
+def required_files(config: CloudCoreConfig) -> list[tuple[str, str]]:
+    """Files the configuration names, as (YAML key, path)."""
     hub = config.modules.cloud_hub
-    named = [
+    return [
         ("modules.cloudHub.tlsCAFile", hub.tls_ca_file),
         ("modules.cloudHub.tlsCertFile", hub.tls_cert_file),
         ("modules.cloudHub.tlsPrivateKeyFile", hub.tls_private_key_file),
         ("kubeAPIConfig.kubeConfig", config.kube_api_config.kube_config),
     ]
-    return [(key, path) for key, path in named if path and not Path(path).exists()]

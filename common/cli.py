@@ -63,3 +63,11 @@ def resolve_config(
 def not_built(what: str, issue: int) -> int:
     sys.stderr.write(f"{what} is not built yet: it arrives with issue #{issue}.\n")
     return EXIT_NOT_BUILT
+
+
+def report_missing(prog: str, named: list[tuple[str, str]], hint: str) -> int | None:
+    """Files a loaded config names (as ``(key, path)``) that are not there: each reported, then EXIT_USAGE."""
+    missing = [(key, path) for key, path in named if path and not Path(path).exists()]
+    for key, path in missing:
+        sys.stderr.write(f"{prog}: {key}: {path} does not exist ({hint})\n")
+    return EXIT_USAGE if missing else None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from common.cli import EXIT_USAGE, config_parser, resolve_config
+from common.cli import config_parser, report_missing, resolve_config
 from common.logging import configure_logging
 from common.supervisor import run_process
 from edgecore import config
@@ -20,11 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     loaded = resolve_config(parser, args, config.EdgeCoreConfig, config.load, config.DEFAULT_CONFIG_PATH)
     if isinstance(loaded, int):
         return loaded
-    missing = config.missing_files(loaded)
-    if missing:
-        for key, path in missing:
-            sys.stderr.write(f"edgecore: {key}: {path} does not exist (keadm join creates it)\n")
-        return EXIT_USAGE
+    failed = report_missing("edgecore", config.required_files(loaded), "keadm join creates it")
+    if failed is not None:
+        return failed
     configure_logging(loaded.log_level)
     # Imported here so that --help and config errors stay fast.
     from edgecore.app import build  # noqa: PLC0415

@@ -72,12 +72,11 @@ def load(path: Path | None) -> EdgeCoreConfig:
     return load_config(EdgeCoreConfig, path, env_prefix=ENV_PREFIX)
 
 
-def missing_files(config: EdgeCoreConfig) -> list[tuple[str, str]]:
-    """Files the configuration names that are not there, as (key, path)."""
+def required_files(config: EdgeCoreConfig) -> list[tuple[str, str]]:
+    """Files the configuration names, as (YAML key, path)."""
     hub = config.modules.edge_hub
-    named = [
+    return [
         ("modules.edgeHub.tlsCaFile", hub.tls_ca_file),
         ("modules.edgeHub.tlsCertFile", hub.tls_cert_file),
         ("modules.edgeHub.tlsPrivateKeyFile", hub.tls_private_key_file),
     ]
-    return [(key, path) for key, path in named if path and not Path(path).exists()]
