@@ -52,7 +52,7 @@ from cloudcore.kube import Kube, KubeError
 from common.loop import loop_name, run
 from tests.containerd import BUSYBOX_IMAGE, Containerd
 from tests.containerd import start as start_containerd
-from tests.processes import CloudCoreProcess, EdgeCoreProcess
+from tests.processes import CloudCoreProcess, EdgeCoreProcess, production_env
 from tests.tunnel import Pki
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,7 +318,7 @@ def start_floor() -> subprocess.Popen[bytes]:
         [sys.executable, "-c", "import time; time.sleep(30)"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONASYNCIODEBUG": "0"},
+        env=production_env(),
     )
 
 

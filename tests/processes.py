@@ -27,6 +27,12 @@ def free_port() -> int:
         return port
 
 
+def production_env() -> dict[str, str]:
+    """The environment without asyncio's debug mode, which pytest runs with: the services run as they
+    would in production. (Any non-empty PYTHONASYNCIODEBUG turns debug mode on, "0" too.)"""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}
+
+
 @dataclass
 class Service:
     """A command with a config file, a log file and an HTTP /readyz."""
@@ -51,7 +57,7 @@ class Service:
                 [str(BIN / self.command), "--config", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONASYNCIODEBUG": "0"},
+                env=production_env(),
             )
 
     async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
@@ -183,5 +189,5 @@ class MapperProcess(Service):
                 [str(BIN / self.command), "--protocol", self.protocol, "--node", self.node, "--broker", self.broker],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONASYNCIODEBUG": "0"},
+                env=production_env(),
             )

@@ -10,7 +10,6 @@ import asyncio
 import io
 import logging
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from common.protocol.backoff import backoff_delays
 from mappers.sdk import Broker, MapperRunner, load_driver
 from mappers.sdk.runner import cancel_until_done
 from tests.mqtt import Mosquitto
-from tests.processes import free_port
+from tests.processes import free_port, production_env
 
 Payload = dict[str, Any]
 BIN = Path(sys.executable).parent
@@ -457,7 +456,7 @@ async def test_kubage_mapper_command_serves_virtual_devices_and_stops_on_sigterm
                 *[str(BIN / "kubage-mapper"), "--protocol", "virtual", "--node", stub.node, "--broker", mosquitto.url],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONASYNCIODEBUG": "0"},
+                env=production_env(),
             )
         try:
             await stub.twin("default/sensor", temperature="21.5", switch="false")
