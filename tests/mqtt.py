@@ -46,6 +46,9 @@ class Mosquitto:
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             "persistence false\n"
+            # mosquitto's default queue of 1,000 QoS 1 messages per client would silently drop a burst to a
+            # subscriber (a benchmark's, a busy edge's); keep it bounded but out of the way.
+            "max_queued_messages 100000\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
         )
