@@ -33,7 +33,7 @@ import orjson
 
 from common.logging import configure_logging
 from common.loop import loop_name, run
-from common.messages import Group, Message, Operation, Resource, new_message
+from common.messages import Group, Message, ObjectUid, Operation, Resource, new_message
 from edgecore.metamanager.store import SCHEMA, MetaStore
 
 NAMESPACE = "bench"
@@ -67,8 +67,8 @@ def pod_content(i: int, rv: int, pad: str) -> dict[str, Any]:
     }
 
 
-def uid_of(i: int) -> str:
-    return f"0000bench-{i:08d}-4000-8000-000000000000"
+def uid_of(i: int) -> ObjectUid:
+    return ObjectUid(f"0000bench-{i:08d}-4000-8000-000000000000")
 
 
 def sized_pod(i: int, rv: int, payload_bytes: int) -> dict[str, Any]:
