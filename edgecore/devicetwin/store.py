@@ -2,14 +2,13 @@
 value (from the mapper), each with a version that counts its changes.
 
 It lives in EdgeCore's SQLite file beside the cloud's objects (schema migration 3 of the MetaStore) and uses
-the MetaStore's connection. Every write is one statement, atomic on its own (the MetaStore may hold a
-transaction open on the shared connection between awaits, so no BEGIN here). Timestamps are kept in the
-``metadata`` column as JSON: ``{"desired_ts": ms, "reported_ts": ms}``.
+the connection of the MetaStore it is given. Reported values are written in batches, in one transaction each.
+Timestamps are kept in the ``metadata`` column as JSON: ``{"desired_ts": ms, "reported_ts": ms}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,22 +89,20 @@ class TwinStore:
             raw = await cursor.fetchone()
         return _row(raw) if raw is not None else None
 
-    async def set_reported(self, device: str, prop: str, value: str, now_ms: int) -> TwinRow:
-        """Store a reported value, bumping its version (every report counts, an unchanged value too)."""
-        query = f"""
+    async def put_reported(self, rows: Sequence[TwinRow]) -> None:
+        """Store reported values with the versions and times in ``rows``, all or none, in one transaction
+        (DeviceTwin counts the versions: it is the table's only writer and keeps it in memory)."""
+        query = """
             INSERT INTO device_twins (device, property, reported, reported_version, metadata)
-            VALUES (?, ?, ?, 1, json_object('reported_ts', ?))
+            VALUES (?1, ?2, ?3, ?4, json_object('reported_ts', ?5))
             ON CONFLICT (device, property) DO UPDATE SET
-                reported = excluded.reported,
-                reported_version = reported_version + 1,
-                metadata = json_set(coalesce(metadata, '{{}}'), '$.reported_ts', ?)
-            RETURNING {_COLUMNS}
-        """  # noqa: S608 - constant columns
-        async with self._db.execute(query, (device, prop, value, now_ms, now_ms)) as cursor:
-            raw = await cursor.fetchone()
-        if raw is None:  # an upsert without a WHERE always returns its row
-            raise RuntimeError(f"device_twins upsert of {device}/{prop} returned nothing")
-        return _row(raw)
+                reported = ?3,
+                reported_version = ?4,
+                metadata = json_set(coalesce(metadata, '{}'), '$.reported_ts', ?5)
+        """
+        params = [(r.device, r.property, r.reported, r.reported_version, r.reported_ts) for r in rows]
+        async with self._store.transaction() as db:
+            await db.executemany(query, params)
 
     async def delete_devices(self, devices: Iterable[str]) -> None:
         await self._db.executemany("DELETE FROM device_twins WHERE device = ?", [(d,) for d in devices])

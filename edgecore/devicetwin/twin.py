@@ -1,6 +1,6 @@
 """DeviceTwin: the node's devices as mappers see them over MQTT, and their twins kept in SQLite.
 
-Inputs, all handled one at a time by ``run`` (so the twin table needs no locking):
+Inputs, all handled in order by ``run`` (so the twin table needs no locking):
 
 * the cloud's Device and DeviceModel objects, read from the MetaStore at start and again whenever EdgeHub
   commits a change to one of them (``on_changes``): the node's device list changes are announced on
@@ -13,6 +13,10 @@ Inputs, all handled one at a time by ``run`` (so the twin table needs no locking
 * the EventBus (re)connecting (``on_bus_connection``): desired values not yet reported back are sent again,
   since deltas published while the broker was away were dropped.
 
+Mapper requests waiting together are handled as one batch: validated one by one against the twins kept in
+memory, then their reported values stored in one transaction and their upstream messages in another, and only
+then the replies published. A mapper that got its ``/result`` can count on the value being on disk.
+
 Invalid requests change nothing: the mapper gets KubeEdge's error payload (400 bad request, 404 unknown
 device) on the request's result topic, and the log a ``twin_rejected`` (or ``state_rejected``,
 ``twin_get_rejected``) line with the device and the reason.
@@ -24,8 +28,9 @@ import asyncio
 import enum
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -36,6 +41,7 @@ from common.devices import MAX_PAYLOAD_BYTES, Topic, device_id, error_payload, m
 from common.logging import get_logger
 from edgecore.devicetwin.store import TwinRow, TwinStore
 from edgecore.devicetwin.values import InvalidValue, check_value, wire_value
+from edgecore.edgehub.hub import Upstream
 from edgecore.metamanager.store import Change, MetaStore
 
 log = get_logger(__name__)
@@ -45,9 +51,9 @@ DEVICE_KINDS = ("device", "devicemodel")
 
 
 class UpstreamPublisher(Protocol):
-    """``EdgeHub.publish``: durable, latest value per key."""
+    """``EdgeHub.publish_many``: durable, all or none, latest value per key."""
 
-    async def __call__(self, key: str, *, group: str, operation: str, resource: str, content: Any) -> None: ...
+    async def __call__(self, messages: Sequence[Upstream], /) -> None: ...
 
 
 LocalPublisher = Callable[[str, dict[str, Any]], None]  # ``EventBus.publish``: to mappers, best effort
@@ -77,6 +83,15 @@ class _Signal(enum.Enum):
 class _Inbound:
     topic: str
     payload: bytes
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What a batch of mapper requests changes, applied by ``_commit`` once all of them were checked."""
+
+    reported: dict[tuple[str, str], TwinRow] = field(default_factory=dict)  # by (device, property): the latest
+    upstream: dict[str, Upstream] = field(default_factory=dict)  # by outbox key: the latest
+    replies: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (topic, payload), in order
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,7 @@ class DeviceTwin:
         publish_upstream: UpstreamPublisher,
         publish_local: LocalPublisher,
         max_pending: int = 10_000,
+        max_batch: int = 256,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.node_name = node_name
@@ -153,10 +169,14 @@ class DeviceTwin:
         self._upstream = publish_upstream
         self._local = publish_local
         self._max_pending = max_pending
+        self._max_batch = max_batch
         self._now = clock
         self._devices: dict[str, NodeDevice] = {}
+        self._rows: dict[str, dict[str, TwinRow]] = {}  # the twin table, by device and property
+        self._rows_loaded = False
         self._states: dict[str, str] = {}  # device state as the mapper last reported it
-        self._inbox: asyncio.Queue[_Inbound | _Signal] = asyncio.Queue()
+        self._inbox: deque[_Inbound | _Signal] = deque()  # a deque, so run can take a batch off its head
+        self._wake = asyncio.Event()
         self._pending = 0  # mapper messages in the inbox
         self._reload_queued = False
         self.loaded = asyncio.Event()
@@ -178,7 +198,7 @@ class DeviceTwin:
                 log.warning("devicetwin_overloaded", dropped=self.dropped, pending=self._pending)
             return
         self._pending += 1
-        self._inbox.put_nowait(_Inbound(topic, payload))
+        self._put(_Inbound(topic, payload))
 
     def on_changes(self, changes: list[Change]) -> None:
         """EdgeHub committed cloud changes: re-read devices and models if any of them is one."""
@@ -186,18 +206,22 @@ class DeviceTwin:
             return
         if any(_kind(change.resource) in DEVICE_KINDS for change in changes):
             self._reload_queued = True
-            self._inbox.put_nowait(_Signal.RELOAD)
+            self._put(_Signal.RELOAD)
 
     def on_bus_connection(self, connected: bool) -> None:
         if connected:
-            self._inbox.put_nowait(_Signal.RESEND)
+            self._put(_Signal.RESEND)
 
     # --- the loop ----------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         await self.reload(startup=True)
         while True:
-            item = await self._inbox.get()
+            if not self._inbox:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            item = self._inbox.popleft()
             try:
                 if item is _Signal.RELOAD:
                     self._reload_queued = False
@@ -205,10 +229,21 @@ class DeviceTwin:
                 elif item is _Signal.RESEND:
                     await self.resend_pending()
                 elif isinstance(item, _Inbound):
-                    self._pending -= 1
-                    await self.handle(item.topic, item.payload)
+                    batch = [item]
+                    while self._inbox and len(batch) < self._max_batch:
+                        head = self._inbox[0]
+                        if not isinstance(head, _Inbound):
+                            break  # a signal: it runs after this batch, in order
+                        self._inbox.popleft()
+                        batch.append(head)
+                    self._pending -= len(batch)
+                    await self.handle_batch([(i.topic, i.payload) for i in batch])
             except Exception:  # one bad input must not stop the others; the store's errors surface here
                 log.exception("devicetwin_failed", item=str(item)[:200])
+
+    def _put(self, item: _Inbound | _Signal) -> None:
+        self._inbox.append(item)
+        self._wake.set()
 
     # --- devices and desired values ----------------------------------------------------------------------
 
@@ -248,54 +283,55 @@ class DeviceTwin:
         self.loaded.set()
 
     async def _sync_desired(self) -> None:
-        stored = await self.twins.get_all()
-        gone = [device for device in stored if device not in self._devices]
+        if not self._rows_loaded:
+            self._rows = await self.twins.get_all()
+            self._rows_loaded = True
+        gone = [device for device in self._rows if device not in self._devices]
         if gone:
             await self.twins.delete_devices(gone)
+            for device_id in gone:
+                del self._rows[device_id]
         now = self._now()
         for device in self._devices.values():
-            rows = stored.get(device.id, {})
+            rows = self._rows.setdefault(device.id, {})
             stale = [prop for prop in rows if prop not in device.properties]
             if stale:
                 await self.twins.delete_properties(device.id, stale)
+                for prop in stale:
+                    del rows[prop]
             delta: dict[str, str] = {}
             for prop, value in device.desired().items():
                 row = rows.get(prop)
                 if (row.desired if row else None) == value:
                     continue
                 changed = await self.twins.set_desired(device.id, prop, value, now)
-                if changed is not None and value is not None:
-                    delta[prop] = value
+                if changed is not None:
+                    rows[prop] = changed
+                    if value is not None:
+                        delta[prop] = value
             if delta:
                 log.info("desired_changed", device=device.id, properties=sorted(delta))
-                await self._publish_delta(device, delta)
+                self._local(*self._delta(device, delta))
 
     async def resend_pending(self) -> None:
         """Deltas for desired values the mapper has not reported back yet."""
-        stored = await self.twins.get_all()
         for device in self._devices.values():
             delta = {
                 prop: row.desired
-                for prop, row in stored.get(device.id, {}).items()
+                for prop, row in self._rows.get(device.id, {}).items()
                 if prop in device.properties and row.desired is not None and row.desired != row.reported
             }
             if delta:
-                await self._publish_delta(device, delta, stored.get(device.id))
+                self._local(*self._delta(device, delta))
 
-    async def _publish_delta(
-        self, device: NodeDevice, delta: dict[str, str], rows: dict[str, TwinRow] | None = None
-    ) -> None:
-        if rows is None:
-            rows = await self.twins.get(device.id)
-        self._local(
-            topics.twin_update_delta(device.id),
-            {
-                "event_id": uuid.uuid4().hex,
-                "timestamp": self._now(),
-                "twin": {prop: self._msg_twin(device, prop, rows.get(prop)) for prop in device.properties},
-                "delta": delta,
-            },
-        )
+    def _delta(self, device: NodeDevice, delta: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        rows = self._rows.get(device.id, {})
+        return topics.twin_update_delta(device.id), {
+            "event_id": uuid.uuid4().hex,
+            "timestamp": self._now(),
+            "twin": {prop: self._msg_twin(device, prop, rows.get(prop)) for prop in device.properties},
+            "delta": delta,
+        }
 
     def _member(self, device: NodeDevice) -> dict[str, Any]:
         state = self._states.get(device.id)
@@ -319,13 +355,37 @@ class DeviceTwin:
     # --- mapper requests ---------------------------------------------------------------------------------
 
     async def handle(self, topic: str, payload: bytes) -> None:
+        await self.handle_batch([(topic, payload)])
+
+    async def handle_batch(self, requests: Sequence[tuple[str, bytes]]) -> None:
+        """Check each request in order, store what the valid ones change, then publish every reply."""
+        batch = _Batch()
+        for topic, payload in requests:
+            self._handle_one(topic, payload, batch)
+        try:
+            await self._commit(batch)
+        except BaseException:
+            # Nothing of the batch is known to be stored: forget what it did to the in-memory twins and
+            # leave the replies unsent, so the mappers report again (a collect cycle later).
+            self._rows = await self.twins.get_all()
+            raise
+        for topic, reply in batch.replies:
+            self._local(topic, reply)
+
+    async def _commit(self, batch: _Batch) -> None:
+        if batch.upstream:
+            await asyncio.shield(self._upstream(list(batch.upstream.values())))
+        if batch.reported:
+            await asyncio.shield(self.twins.put_reported(list(batch.reported.values())))
+
+    def _handle_one(self, topic: str, payload: bytes, batch: _Batch) -> None:
         request = parse_request_topic(topic)
         if request is None:
             log.debug("mqtt_topic_ignored", topic=topic)
             return
         if request.kind == "membership/get":
             if request.node == self.node_name:
-                await self._membership_get(_lenient(payload))
+                self._membership_get(_lenient(payload), batch)
             return
         self.handled += 1
         event_id = ""
@@ -334,16 +394,16 @@ class DeviceTwin:
             event_id = data["event_id"] if isinstance(data.get("event_id"), str) else ""
             device = self._device(request.device)
             if request.kind == "twin/update":
-                await self._twin_update(device, event_id, data)
+                self._twin_update(device, event_id, data, batch)
             elif request.kind == "twin/get":
-                self._twin_get(device, event_id, await self.twins.get(device.id))
+                self._twin_get(device, event_id, batch)
             else:
-                await self._state_update(device, event_id, data)
+                self._state_update(device, event_id, data, batch)
         except Rejection as exc:
-            self._reject(request, event_id, exc.code, exc.reason)
+            self._reject(request, event_id, exc.code, exc.reason, batch)
         except Exception:
             log.exception("devicetwin_request_failed", topic=topic)
-            self._reject(request, event_id, 500, "internal error")
+            self._reject(request, event_id, 500, "internal error", batch)
 
     def _device(self, device_id: str) -> NodeDevice:
         device = self._devices.get(device_id)
@@ -351,7 +411,7 @@ class DeviceTwin:
             raise Rejection(404, f"device {device_id} is not a device of node {self.node_name}")
         return device
 
-    def _reject(self, request: Topic, event_id: str, code: int, reason: str) -> None:
+    def _reject(self, request: Topic, event_id: str, code: int, reason: str, batch: _Batch) -> None:
         self.rejected += 1
         event = {"twin/update": "twin_rejected", "twin/get": "twin_get_rejected"}.get(request.kind, "state_rejected")
         log.warning(event, device=request.device, code=code, reason=reason)
@@ -360,27 +420,28 @@ class DeviceTwin:
             "twin/get": topics.twin_get_result,
             "state/update": topics.state_update_result,
         }[request.kind]
-        self._local(result(request.device), error_payload(event_id, code, reason, self._now()))
+        batch.replies.append((result(request.device), error_payload(event_id, code, reason, self._now())))
 
-    async def _membership_get(self, data: dict[str, Any]) -> None:
+    def _membership_get(self, data: dict[str, Any], batch: _Batch) -> None:
         event_id = data["event_id"] if isinstance(data.get("event_id"), str) else ""
-        self._local(
-            topics.membership_get_result(self.node_name),
-            {
-                "event_id": event_id,
-                "timestamp": self._now(),
-                "devices": [self._member(d) for d in self._devices.values()],
-            },
+        batch.replies.append(
+            (
+                topics.membership_get_result(self.node_name),
+                {
+                    "event_id": event_id,
+                    "timestamp": self._now(),
+                    "devices": [self._member(d) for d in self._devices.values()],
+                },
+            )
         )
         # A mapper asking for its devices has just started: give it every desired value, reported or not.
-        stored = await self.twins.get_all()
         for device in self._devices.values():
-            rows = stored.get(device.id, {})
+            rows = self._rows.get(device.id, {})
             delta = {p: r.desired for p, r in rows.items() if p in device.properties and r.desired is not None}
             if delta:
-                await self._publish_delta(device, delta, rows)
+                batch.replies.append(self._delta(device, delta))
 
-    async def _twin_update(self, device: NodeDevice, event_id: str, data: dict[str, Any]) -> None:
+    def _twin_update(self, device: NodeDevice, event_id: str, data: dict[str, Any], batch: _Batch) -> None:
         twin = data.get("twin")
         if not isinstance(twin, dict) or not twin:
             raise Rejection(400, "twin must be a non-empty object of properties")
@@ -402,12 +463,26 @@ class DeviceTwin:
             except InvalidValue as exc:
                 raise Rejection(400, f"property {prop!r}: {exc}") from None
             values[prop] = value
+        # Every property checked: only now does anything change.
         now = self._now()
-        before = await self.twins.get(device.id)
-        after = {prop: await self.twins.set_reported(device.id, prop, value, now) for prop, value in values.items()}
-        for prop, row in after.items():
-            await self._upstream(
-                f"devicetwin/{device.namespace}/{device.name}/{prop}",
+        rows = self._rows.setdefault(device.id, {})
+        document: dict[str, Any] = {}
+        for prop, value in values.items():
+            before = rows.get(prop)
+            row = (
+                replace(before, reported=value, reported_version=before.reported_version + 1, reported_ts=now)
+                if before is not None
+                else TwinRow(device.id, prop, reported=value, reported_version=1, reported_ts=now)
+            )
+            rows[prop] = batch.reported[device.id, prop] = row
+            document[prop] = {
+                "last": self._msg_twin(device, prop, before) if before is not None else None,
+                "current": self._msg_twin(device, prop, row),
+            }
+            key = f"devicetwin/{device.namespace}/{device.name}/{prop}"
+            batch.upstream.pop(key, None)  # re-inserted last: the outbox keeps the order messages were put
+            batch.upstream[key] = Upstream(
+                key,
                 group="twin",
                 operation="update",
                 resource=f"{device.namespace}/devicetwin/{device.name}",
@@ -416,7 +491,7 @@ class DeviceTwin:
                         {
                             "propertyName": prop,
                             "reported": {
-                                "value": row.reported,
+                                "value": value,
                                 "metadata": {"timestamp": str(now), "type": device.types[prop].lower()},
                             },
                             "observedDesired": {"value": row.desired or ""},
@@ -424,40 +499,36 @@ class DeviceTwin:
                     ]
                 },
             )
-        self._local(topics.twin_update_result(device.id), {"event_id": event_id, "timestamp": now, "twin": twin})
-        self._local(
-            topics.twin_update_document(device.id),
-            {
-                "event_id": event_id,
-                "timestamp": now,
-                "twin": {
-                    prop: {
-                        "last": self._msg_twin(device, prop, before[prop]) if prop in before else None,
-                        "current": self._msg_twin(device, prop, row),
-                    }
-                    for prop, row in after.items()
-                },
-            },
+        batch.replies.append(
+            (topics.twin_update_result(device.id), {"event_id": event_id, "timestamp": now, "twin": twin})
+        )
+        batch.replies.append(
+            (topics.twin_update_document(device.id), {"event_id": event_id, "timestamp": now, "twin": document})
         )
         log.debug("twin_reported", device=device.id, properties=sorted(values))
 
-    def _twin_get(self, device: NodeDevice, event_id: str, rows: dict[str, TwinRow]) -> None:
-        self._local(
-            topics.twin_get_result(device.id),
-            {
-                "event_id": event_id,
-                "timestamp": self._now(),
-                "twin": {prop: self._msg_twin(device, prop, rows.get(prop)) for prop in device.properties},
-            },
+    def _twin_get(self, device: NodeDevice, event_id: str, batch: _Batch) -> None:
+        rows = self._rows.get(device.id, {})
+        batch.replies.append(
+            (
+                topics.twin_get_result(device.id),
+                {
+                    "event_id": event_id,
+                    "timestamp": self._now(),
+                    "twin": {prop: self._msg_twin(device, prop, rows.get(prop)) for prop in device.properties},
+                },
+            )
         )
 
-    async def _state_update(self, device: NodeDevice, event_id: str, data: dict[str, Any]) -> None:
+    def _state_update(self, device: NodeDevice, event_id: str, data: dict[str, Any], batch: _Batch) -> None:
         state = data.get("state")
         if not isinstance(state, str) or not state or len(state.encode()) > MAX_STATE_BYTES:
             raise Rejection(400, f"state must be a non-empty string of at most {MAX_STATE_BYTES} bytes")
         now = self._now()
-        await self._upstream(
-            f"devicestate/{device.namespace}/{device.name}",
+        key = f"devicestate/{device.namespace}/{device.name}"
+        batch.upstream.pop(key, None)
+        batch.upstream[key] = Upstream(
+            key,
             group="twin",
             operation="update",
             resource=f"{device.namespace}/devicestate/{device.name}",
@@ -466,7 +537,9 @@ class DeviceTwin:
         if self._states.get(device.id) != state:
             log.info("device_state", device=device.id, state=state)
         self._states[device.id] = state
-        self._local(topics.state_update_result(device.id), {"event_id": event_id, "timestamp": now, "state": state})
+        batch.replies.append(
+            (topics.state_update_result(device.id), {"event_id": event_id, "timestamp": now, "state": state})
+        )
 
 
 def _kind(resource: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,18 @@ log = get_logger(__name__)
 ChangeListener = Callable[[list[Change]], None]
 MessageHandler = Callable[[Message], Awaitable[None]]
 ConnectionListener = Callable[[bool], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A message for the cloud, before the outbox gives it a version; ``key`` names what it is the latest
+    value of."""
+
+    key: str
+    group: str
+    operation: str
+    resource: str
+    content: Any
 
 
 @dataclass(frozen=True)
@@ -99,10 +111,19 @@ class EdgeHub:
     async def publish(self, key: str, *, group: str, operation: str, resource: str, content: Any) -> None:
         """Send upstream, reliably: durable first, then delivered when connected; a newer value of the same
         key replaces an undelivered older one."""
+        await self.publish_many([Upstream(key, group, operation, resource, content)])
+
+    async def publish_many(self, messages: Sequence[Upstream]) -> None:
+        """``publish`` for several messages, stored in one transaction."""
+        if not messages:
+            return
         await self._load_outbox()
-        item = OutboxItem(key, self.outbox.next_version(), group, operation, resource, content)
-        await self.store.outbox_put(item)
-        self.outbox.put(item)
+        items = [
+            OutboxItem(m.key, self.outbox.next_version(), m.group, m.operation, m.resource, m.content) for m in messages
+        ]
+        await self.store.outbox_put(items)
+        for item in items:
+            self.outbox.put(item)
         if self._link is not None:
             self._link.wake()
 

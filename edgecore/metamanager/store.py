@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,9 @@ class MetaStore:
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self._db = db
         self.path = path
+        # Held by every multi-statement write: a transaction stays open across awaits, and another writer's
+        # BEGIN in between would fail (and its statements would join the wrong transaction).
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path | str) -> MetaStore:
@@ -212,16 +215,24 @@ class MetaStore:
         return changes, rejected
 
     async def _write(self, deletes: list[tuple[str]], upserts: list[tuple[Any, ...]]) -> None:
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.transaction():
             if deletes:
                 await self._db.executemany("DELETE FROM objects WHERE uid = ?", deletes)
             if upserts:
                 await self._db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)", upserts)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction on the store's connection, committed at the end or rolled back on error.
+        Callers shield it from cancellation when a half-awaited COMMIT matters."""
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
             await self._db.execute("COMMIT")
-        except Exception:
-            await self._db.execute("ROLLBACK")
-            raise
 
     async def _versions(self, uids: list[ObjectUid]) -> dict[ObjectUid, str]:
         found: dict[ObjectUid, str] = {}
@@ -252,14 +263,19 @@ class MetaStore:
                 async for key, version, group, operation, resource, content in cursor
             ]
 
-    async def outbox_put(self, item: OutboxItem) -> None:
-        await self._db.execute(
-            "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?, ?)",
-            (item.key, item.version, item.group, item.operation, item.resource, orjson.dumps(item.content)),
-        )
+    async def outbox_put(self, items: Sequence[OutboxItem]) -> None:
+        """Store upstream messages, all or none, in one transaction."""
+        rows = [(i.key, i.version, i.group, i.operation, i.resource, orjson.dumps(i.content)) for i in items]
+        if len(rows) == 1:  # a single statement is atomic on its own
+            async with self._write_lock:
+                await self._db.execute("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?, ?)", rows[0])
+            return
+        async with self.transaction() as db:
+            await db.executemany("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     async def outbox_delete(self, items: Iterable[OutboxItem]) -> None:
         """Remove delivered items, unless a newer value of the same key was written meanwhile."""
-        await self._db.executemany(
-            "DELETE FROM outbox WHERE key = ? AND version = ?", [(i.key, i.version) for i in items]
-        )
+        async with self._write_lock:
+            await self._db.executemany(
+                "DELETE FROM outbox WHERE key = ? AND version = ?", [(i.key, i.version) for i in items]
+            )

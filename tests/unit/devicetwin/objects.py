@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from common.messages import Group, Operation, new_message
+from edgecore.edgehub import hub
 from edgecore.metamanager.store import Change, MetaStore
 
 NODE = "edge-dt"
@@ -79,14 +81,15 @@ async def put(store: MetaStore, kind: str, obj: dict[str, Any], operation: str =
 
 
 class Upstream:
-    """A stand-in for ``EdgeHub.publish``."""
+    """A stand-in for ``EdgeHub.publish_many``."""
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
 
-    async def __call__(self, key: str, *, group: str, operation: str, resource: str, content: Any) -> None:
-        self.items.append(
-            {"key": key, "group": group, "operation": operation, "resource": resource, "content": content}
+    async def __call__(self, messages: Sequence[hub.Upstream], /) -> None:
+        self.items.extend(
+            {"key": m.key, "group": m.group, "operation": m.operation, "resource": m.resource, "content": m.content}
+            for m in messages
         )
 
     def keys(self) -> list[str]:

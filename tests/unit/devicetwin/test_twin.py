@@ -252,10 +252,10 @@ async def test_store_changes_queue_one_reload(store: MetaStore, parts: tuple[Dev
     change = Change(Operation.UPDATE, "uid-t1", f"{NAMESPACE}/device/t1", "2", {})  # type: ignore[arg-type]
     pod = Change(Operation.UPDATE, "uid-p", f"{NAMESPACE}/pod/p", "2", {})  # type: ignore[arg-type]
     twin.on_changes([pod])
-    assert twin._inbox.qsize() == 0
+    assert len(twin._inbox) == 0
     twin.on_changes([change])
     twin.on_changes([change, pod])
-    assert twin._inbox.qsize() == 1
+    assert len(twin._inbox) == 1
 
 
 async def test_twin_get_and_state_update(parts: tuple[DeviceTwin, Local, Upstream]) -> None:
@@ -298,7 +298,7 @@ async def test_a_full_inbox_drops_mapper_messages_not_store_changes(store: MetaS
         twin.submit(topics.twin_get(T1), b"{}")
     twin.on_changes([Change(Operation.INSERT, "u", f"{NAMESPACE}/devicemodel/m", "1", {})])  # type: ignore[arg-type]
     twin.on_bus_connection(True)
-    assert twin.dropped == 3 and twin._inbox.qsize() == 4
+    assert twin.dropped == 3 and len(twin._inbox) == 4
 
 
 @pytest.mark.parametrize(
@@ -334,3 +334,43 @@ def test_wire_values() -> None:
     assert [wire_value(v) for v in ("a", 1, 2.5, True, False)] == ["a", "1", "2.5", "true", "false"]
     with pytest.raises(InvalidValue):
         wire_value(None)
+
+
+async def test_a_batch_stores_once_and_replies_in_order(parts: tuple[DeviceTwin, Local, Upstream]) -> None:
+    twin, local, upstream = parts
+    await twin.handle_batch(
+        [
+            (topics.twin_update(T1), update("temperature", "20", "a")),
+            (topics.twin_update(T1), update("temperature", "hot", "b")),  # rejected; the others go on
+            (topics.twin_update(T1), update("temperature", "21", "c")),
+            (topics.twin_update(T1), update("temperature", "22", "d")),
+        ]
+    )
+    results = local.on(topics.twin_update_result(T1))
+    assert [r["event_id"] for r in results] == ["a", "b", "c", "d"]
+    assert [r.get("code") for r in results] == [None, 400, None, None]
+    # only the latest value per property travels, once
+    assert [i["content"]["twins"][0]["reported"]["value"] for i in upstream.items] == ["22"]
+    row = (await twin.twins.get(T1))["temperature"]
+    assert (row.reported, row.reported_version) == ("22", 3)
+    documents = local.on(topics.twin_update_document(T1))
+    assert [d["twin"]["temperature"]["current"]["actual_version"]["edge"] for d in documents] == [1, 2, 3]
+
+
+async def test_a_batch_that_cannot_be_stored_changes_nothing_and_replies_nothing(
+    parts: tuple[DeviceTwin, Local, Upstream],
+) -> None:
+    twin, local, _ = parts
+    await twin.handle(topics.twin_update(T1), update("temperature", "20"))
+    local.items.clear()
+
+    async def broken(messages: object, /) -> None:
+        raise OSError("disk full")
+
+    twin._upstream = broken
+    with pytest.raises(OSError, match="disk full"):
+        await twin.handle(topics.twin_update(T1), update("temperature", "30"))
+    assert local.items == []
+    assert (await twin.twins.get(T1))["temperature"].reported == "20"
+    await twin.handle(topics.twin_get(T1), b'{"event_id": "g"}')  # the in-memory twins agree with the disk
+    assert local.on(topics.twin_get_result(T1))[0]["twin"]["temperature"]["actual"]["value"] == "20"
