@@ -343,7 +343,8 @@ def apply_crds(state: Path, port: int, crd_dir: Path) -> list[str]:
     while pending and time.monotonic() < deadline:
         for name in list(pending):
             _, body = _request(state, port, "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            conditions = json.loads(body).get("status", {}).get("conditions", [])
+            # A CRD just created may show "conditions": null until the API server has looked at it.
+            conditions = (json.loads(body).get("status") or {}).get("conditions") or []
             if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                 pending.discard(name)
         time.sleep(0.1)
