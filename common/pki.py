@@ -6,6 +6,7 @@ Node client certificates carry ``CN=system:node:<name>``: CloudHub takes the nod
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,37 @@ def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+class CsrError(ValueError):
+    """A certificate signing request that cannot be used; the message says why."""
+
+
 @dataclass(frozen=True)
 class CertificateAuthority:
     key: PrivateKey
     cert: x509.Certificate
+
+    @classmethod
+    def from_pem(cls, cert: bytes, key: bytes) -> CertificateAuthority:
+        loaded = serialization.load_pem_private_key(key, password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"CA key is {type(loaded).__name__}, expected an ECDSA key")  # noqa: TRY004 - bad input
+        ca = cls(loaded, x509.load_pem_x509_certificate(cert))
+        if ca.cert.public_key() != loaded.public_key():
+            raise ValueError("CA key does not belong to the CA certificate")
+        return ca
+
+    @property
+    def cert_pem(self) -> bytes:
+        return cert_pem(self.cert)
+
+    @property
+    def key_pem(self) -> bytes:
+        return key_pem(self.key)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the CA certificate's DER, in hex: what a join token pins (as KubeEdge's does)."""
+        return ca_fingerprint(self.cert)
 
     @classmethod
     def create(cls, common_name: str, *, days: int = 3650) -> CertificateAuthority:
@@ -69,7 +97,7 @@ class CertificateAuthority:
         subject: x509.Name,
         public_key: ec.EllipticCurvePublicKey,
         *,
-        days: int = 365,
+        days: float = 365,
         server_names: list[str] | None = None,
         client: bool = False,
         not_before: dt.datetime | None = None,
@@ -91,10 +119,38 @@ class CertificateAuthority:
         key = new_key()
         return key, self.issue(node_subject(node), key.public_key(), days=days, client=True)
 
+    def sign_node_csr(self, csr_pem: bytes, node: str, *, days: float = 365) -> x509.Certificate:
+        """A client certificate for ``node`` with the CSR's public key. The subject is set here from the
+        node name the caller vouches for; the CSR's own subject and extensions are ignored, never copied."""
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as exc:
+            raise CsrError(f"not a PEM certificate signing request: {exc}") from None
+        if not csr.is_signature_valid:
+            raise CsrError("the CSR's signature does not match its public key")
+        public = csr.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+            raise CsrError("the CSR's key must be ECDSA P-256")
+        # Backdated a little for clock skew, but never by more than a tenth of the lifetime: a short-lived
+        # certificate must still be rotated at 70-90 % of a lifetime that starts about now.
+        skew = min(dt.timedelta(minutes=5), dt.timedelta(days=days) / 10)
+        start = dt.datetime.now(dt.UTC) - skew
+        return self.issue(node_subject(node), public, days=days, client=True, not_before=start)
+
     def issue_server(self, names: list[str], *, days: int = 365) -> tuple[PrivateKey, x509.Certificate]:
         key = new_key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "server")])
         return key, self.issue(subject, key.public_key(), days=days, server_names=names)
+
+
+def ca_fingerprint(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def new_csr(key: PrivateKey, node: str) -> bytes:
+    """A PEM CSR for ``node``'s certificate, as the edge sends it (the server sets the subject anyway)."""
+    csr = x509.CertificateSigningRequestBuilder().subject_name(node_subject(node)).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def node_subject(node: str) -> x509.Name:
@@ -120,11 +176,12 @@ def _builder(
     subject: x509.Name,
     issuer: x509.Name,
     key_or_public: PrivateKey | ec.EllipticCurvePublicKey,
-    days: int,
+    days: float,
     not_before: dt.datetime | None = None,
 ) -> x509.CertificateBuilder:
     public = key_or_public.public_key() if isinstance(key_or_public, ec.EllipticCurvePrivateKey) else key_or_public
-    start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)  # tolerate small clock skew
+    now = dt.datetime.now(dt.UTC)
+    start = not_before or now - dt.timedelta(minutes=5)  # tolerate small clock skew
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -132,7 +189,7 @@ def _builder(
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
+        .not_valid_after(now + dt.timedelta(days=days))
     )
 
 

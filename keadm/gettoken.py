@@ -1,0 +1,15 @@
+"""`keadm gettoken`."""
+
+from __future__ import annotations
+
+import argparse
+
+from common.cli import not_built
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    return not_built("'keadm gettoken'", 7)

@@ -1,0 +1,53 @@
+"""Where ``keadm join`` puts an edge node's files, under a root directory ("/" on a real gateway; a temp dir
+in tests and ``make demo``, where nothing is installed into systemd)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class EdgeLayout:
+    root: Path = Path("/")
+
+    @property
+    def installs_systemd(self) -> bool:
+        """Only a join into the real root installs and starts the systemd unit."""
+        return self.root.resolve() == Path("/")
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc" / "kubage"
+
+    @property
+    def config(self) -> Path:
+        return self.etc / "edgecore.yaml"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.etc / "ca" / "rootCA.crt"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.etc / "certs" / "server.crt"
+
+    @property
+    def key_file(self) -> Path:
+        return self.etc / "certs" / "server.key"
+
+    @property
+    def var(self) -> Path:
+        return self.root / "var" / "lib" / "kubage"
+
+    @property
+    def database(self) -> Path:
+        return self.var / "edgecore.db"
+
+    @property
+    def edged_root(self) -> Path:
+        return self.var / "edged"
+
+    @property
+    def unit_file(self) -> Path:
+        return self.root / "etc" / "systemd" / "system" / "edgecore.service"
