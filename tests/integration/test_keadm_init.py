@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from cloudcore.certs import load_ca
@@ -39,6 +42,20 @@ INSTALLED = [
     "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/devicemodels.devices.kubeedge.io",
     "/api/v1/namespaces/kubeedge/secrets/casecret",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def uninstall_afterwards(control_plane: ControlPlane) -> Iterator[None]:
+    """The session's cluster is shared: take CloudCore (and the CA Secret keadm init created) out again, so
+    that a later test starting from "no CA yet" still does."""
+    yield
+    out = subprocess.run(
+        [str(KEADM), "reset", "--force", "--kube-config", str(control_plane.kubeconfig)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
 
 
 @dataclass(frozen=True)
