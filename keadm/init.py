@@ -32,6 +32,7 @@ from kubernetes_asyncio.config import ConfigException
 from cloudcore.certs import CA_SECRET, CaSecretError, ensure_ca, load_ca
 from cloudcore.kube import Kube, KubeError
 from common.cli import package_version
+from common.logging import configure_logging
 
 NAMESPACE = "kubeedge"
 FIELD_MANAGER = "keadm"
@@ -373,6 +374,8 @@ def run(args: argparse.Namespace) -> int:
         # The CA Secret is not among them: it is generated in the cluster, never printed.
         sys.stdout.write(to_yaml([o for g in groups for o in g.objects]))
         return 0
+    # keadm prints its own progress; the cloud code it reuses (ensure_ca) logs for a server's operator.
+    configure_logging("warning", stream=sys.stderr)
     try:
         return asyncio.run(_install(args.kube_config, groups, advertise=advertise, image=image, force=args.force))
     except StepError as exc:
@@ -413,9 +416,11 @@ async def _install(kubeconfig: str, groups: list[Group], *, advertise: list[str]
         done(f"CA in Secret {NAMESPACE}/{CA_SECRET} ({state}); SHA-256 fingerprint {ca.fingerprint}")
     finally:
         await kube.close()
+    host = f"[{advertise[0]}]" if ":" in advertise[0] else advertise[0]  # an IPv6 address needs brackets
     print(
         "\nCloudCore is installed; its pods start once the image can be pulled.\n"
         f"Next: create a join token with\n  keadm gettoken --kube-config {kubeconfig}\n"
-        f"then on each gateway: keadm join --cloudcore-ipport {advertise[0]}:10000 --token <token>"
+        f"then on each gateway (with the port your Service exposure maps to 10000):\n"
+        f"  keadm join --cloudcore-ipport {host}:10000 --token <token>"
     )
     return 0
