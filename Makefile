@@ -16,13 +16,15 @@ help:
 
 test: venv proto deps apiserver lint typecheck imports pytest
 
-demo:
-	@echo "make demo: the end-to-end demo (keadm join, a pod and a device) arrives with issue #7."
-	@echo "Until then: scripts/control-plane up   brings up the real control plane the tests use."
-	@exit 2
+# Brings up the control plane, mosquitto, containerd, CloudCore (keadm init), EdgeCore (keadm join), a pod and a
+# device, then waits for Ctrl-C. Everything lives in /tmp/kubage-demo (KUBAGE_DEMO_DIR); DEMO_ONCE=1 tears down
+# after the last check instead (exit 0 only if every step succeeded).
+demo: venv proto deps apiserver
+	@$(PY) -m scripts.demo
 
+# Stops a demo left running (e.g. in another terminal), or what a killed one left behind.
 demo-down:
-	@scripts/control-plane down
+	@$(PY) -m scripts.demo down
 
 # uv installs exactly what uv.lock pins; --frozen refuses to touch a lock that disagrees with pyproject.toml.
 venv: $(UV)

@@ -244,13 +244,19 @@ async def _check_ca_download(server: str, ca_file: Path, limit: float) -> str | 
     except TimeoutError:
         return f"{url}: no answer within {limit:g} s"
     except aiohttp.ClientError as exc:
-        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            return f"{url}: its certificate does not verify against tlsCaFile ({exc.certificate_error})"
-        return f"{url}: {_first_line(str(exc)) or type(exc).__name__}"
+        return f"{url}: {_client_error(exc)}"
     if status != 200:
         return f"{url}: HTTP {status}"
     served = _certificate_in(body)
     return None if served == local else f"{url}: serves a CA other than tlsCaFile {ca_file} (replaced? re-join)"
+
+
+def _client_error(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"its certificate does not verify against tlsCaFile ({exc.certificate_error})"
+    if isinstance(exc, aiohttp.ClientConnectorError):  # its own text repeats the SSL context's repr
+        return _reason(exc.os_error)
+    return _first_line(str(exc)) or type(exc).__name__
 
 
 def _trust(ca_file: Path) -> tuple[x509.Certificate, ssl.SSLContext]:
