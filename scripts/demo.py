@@ -252,7 +252,6 @@ class Demo:
     ports: dict[str, int] = field(default_factory=dict)
     token: str = ""
     pod_uid: str = ""
-    standin_ca: Any = None
 
     @property
     def logs(self) -> Path:
@@ -387,7 +386,7 @@ class Demo:
 
         async with p.step("keadm diagnose on the edge node", 30):
             out = await self.run_command(
-                "keadm-diagnose", [str(BIN / "keadm"), "diagnose", "--root-dir", str(self.edge.root)], check=not STANDIN
+                "keadm-diagnose", [str(BIN / "keadm"), "diagnose", "--root-dir", str(self.edge.root)]
             )
             for line in out.strip().splitlines()[1:-1]:
                 p.detail(line)
@@ -403,20 +402,20 @@ class Demo:
     async def cloud(self) -> None:
         p = self.progress
         async with p.step("keadm init (CRDs, RBAC, Deployment, CA Secret)", 90, [self.logs / "keadm-init.log"]):
-            if STANDIN:
-                _standin_pki(self)
-            else:
-                await self.run_command(
-                    "keadm-init",
-                    [
-                        str(BIN / "keadm"),
-                        "init",
-                        "--kube-config",
-                        str(self.kubeconfig),
-                        "--advertise-address",
-                        "127.0.0.1",
-                    ],
-                )
+            out = await self.run_command(
+                "keadm-init",
+                [
+                    str(BIN / "keadm"),
+                    "init",
+                    "--kube-config",
+                    str(self.kubeconfig),
+                    "--advertise-address",
+                    "127.0.0.1",
+                ],
+            )
+            for line in out.splitlines():
+                if "Secret" in line:  # the rest is in logs/keadm-init.log
+                    p.detail(line.strip("✓ "))
         await self._cloudcore()
 
     async def _cloudcore(self) -> None:
@@ -437,8 +436,6 @@ class Demo:
     def cloudcore_config(self) -> dict[str, Any]:
         # The TLS files do not exist yet: CloudCore loads the CA from the Secret keadm init created, and writes them.
         ca, certs = self.cloud_dir / "ca", self.cloud_dir / "certs"
-        if STANDIN:
-            return _standin_cloud_config(self)
         return {
             "kubeAPIConfig": {"kubeConfig": str(self.kubeconfig)},
             "commonConfig": {"monitorServer": {"bindAddress": f"127.0.0.1:{self.ports['cloud-monitor']}"}},
@@ -459,13 +456,10 @@ class Demo:
         p = self.progress
         keadm = str(BIN / "keadm")
         async with p.step(f"keadm gettoken --node {NODE}", 30, [self.logs / "keadm-gettoken.log"]):
-            if STANDIN:
-                out = "stand-in-token"
-            else:
-                out = await self.run_command(
-                    "keadm-gettoken",
-                    [keadm, "gettoken", "--kube-config", str(self.kubeconfig), "--node", NODE, "--ttl", "1h"],
-                )
+            out = await self.run_command(
+                "keadm-gettoken",
+                [keadm, "gettoken", "--kube-config", str(self.kubeconfig), "--node", NODE, "--ttl", "1h"],
+            )
             self.token = out.strip().splitlines()[-1].strip()
             p.detail(f"token {self.token[:24]}... (valid 1 h, for {NODE} only)")
         assert self.containerd is not None
@@ -474,33 +468,31 @@ class Demo:
         async with p.step(
             f"keadm join --edgenode-name {NODE} --root-dir {self.edge.root}", 60, [self.logs / "keadm-join.log"]
         ):
-            if STANDIN:
-                _standin_join(self)
-            else:
-                await self.run_command(
-                    "keadm-join",
-                    [
-                        keadm,
-                        "join",
-                        "--cloudcore-ipport",
-                        f"127.0.0.1:{self.ports['websocket']}",
-                        "--certport",
-                        str(self.ports["https"]),
-                        "--token",
-                        self.token,
-                        "--edgenode-name",
-                        NODE,
-                        "--remote-runtime-endpoint",
-                        self.containerd.endpoint,
-                        "--root-dir",
-                        str(self.edge.root),
-                        "--set",
-                        f"modules.eventBus.mqttServerExternal=tcp://127.0.0.1:{self.ports['mqtt']}",
-                        "--set",
-                        f"modules.edged.healthzBindAddress=127.0.0.1:{self.ports['edge-monitor']}",
-                    ],
-                )
-            p.detail(f"wrote {self.edge.config} and the node certificate")
+            out = await self.run_command(
+                "keadm-join",
+                [
+                    keadm,
+                    "join",
+                    "--cloudcore-ipport",
+                    f"127.0.0.1:{self.ports['websocket']}",
+                    "--certport",
+                    str(self.ports["https"]),
+                    "--token",
+                    self.token,
+                    "--edgenode-name",
+                    NODE,
+                    "--remote-runtime-endpoint",
+                    self.containerd.endpoint,
+                    "--root-dir",
+                    str(self.edge.root),
+                    "--set",
+                    f"modules.eventBus.mqttServerExternal=tcp://127.0.0.1:{self.ports['mqtt']}",
+                    "--set",
+                    f"modules.edged.healthzBindAddress=127.0.0.1:{self.ports['edge-monitor']}",
+                ],
+            )
+            for line in out.strip().splitlines():
+                p.detail(line)
         await self._edgecore()
 
     async def _edgecore(self) -> None:
@@ -745,76 +737,6 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-# --- TEMPORARY stand-in for keadm init/gettoken/join until they land (KUBAGE_DEMO_STANDIN=1) ---------------
-
-STANDIN = os.environ.get("KUBAGE_DEMO_STANDIN", "") == "1"
-
-
-def _standin_pki(demo: Demo) -> None:
-    from common.pki import CertificateAuthority, cert_pem, write_pair  # noqa: PLC0415
-
-    ca = CertificateAuthority.create("kubage-demo-ca")
-    (demo.cloud_dir / "ca").mkdir(parents=True, exist_ok=True)
-    (demo.cloud_dir / "ca" / "rootCA.crt").write_bytes(cert_pem(ca.cert))
-    key, cert = ca.issue_server(["127.0.0.1", "localhost"])
-    write_pair(demo.cloud_dir / "certs", "server", key, cert)
-    demo.standin_ca = ca
-
-
-def _standin_cloud_config(demo: Demo) -> dict[str, Any]:
-    ca, certs = demo.cloud_dir / "ca", demo.cloud_dir / "certs"
-    return {
-        "kubeAPIConfig": {"kubeConfig": str(demo.kubeconfig)},
-        "commonConfig": {"monitorServer": {"bindAddress": f"127.0.0.1:{demo.ports['cloud-monitor']}"}},
-        "modules": {
-            "cloudHub": {
-                "tlsCAFile": str(ca / "rootCA.crt"),
-                "tlsCertFile": str(certs / "server.crt"),
-                "tlsPrivateKeyFile": str(certs / "server.key"),
-                "websocket": {"address": "127.0.0.1", "port": demo.ports["websocket"]},
-                "https": {"address": "127.0.0.1", "port": demo.ports["https"]},
-            },
-        },
-    }
-
-
-def _standin_join(demo: Demo) -> None:
-    from common.pki import cert_pem, write_pair  # noqa: PLC0415
-
-    assert demo.containerd is not None and demo.mosquitto is not None
-    ca = demo.standin_ca
-    layout = demo.edge
-    layout.ca_file.parent.mkdir(parents=True, exist_ok=True)
-    layout.ca_file.write_bytes(cert_pem(ca.cert))
-    key, cert = ca.issue_node(NODE)
-    write_pair(layout.cert_file.parent, "server", key, cert)
-    demo.ports["mqtt"] = demo.mosquitto.port
-    demo.ports["edge-monitor"] = free_port()
-    layout.config.write_text(
-        yaml.safe_dump(
-            {
-                "database": {"dataSource": str(layout.database)},
-                "modules": {
-                    "edgeHub": {
-                        "tlsCaFile": str(layout.ca_file),
-                        "tlsCertFile": str(layout.cert_file),
-                        "tlsPrivateKeyFile": str(layout.key_file),
-                        "websocket": {"server": f"127.0.0.1:{demo.ports['websocket']}"},
-                        "httpServer": f"https://127.0.0.1:{demo.ports['https']}",
-                    },
-                    "edged": {
-                        "hostnameOverride": NODE,
-                        "remoteRuntimeEndpoint": demo.containerd.endpoint,
-                        "rootDirectory": str(layout.edged_root),
-                        "healthzBindAddress": f"127.0.0.1:{demo.ports['edge-monitor']}",
-                    },
-                    "eventBus": {"mqttServerExternal": f"tcp://127.0.0.1:{demo.ports['mqtt']}"},
-                },
-            }
-        )
-    )
-
-
 # --- up / down -------------------------------------------------------------------------------------------------
 
 
@@ -890,7 +812,18 @@ async def up(directory: Path, once: bool) -> int:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
-    loop.add_signal_handler(signal.SIGTERM, main.cancel)  # `make demo-down` from another terminal
+    stopping = False
+
+    def on_signal() -> None:
+        # Ctrl-C, or SIGTERM from `make demo-down` in another terminal: stop. Once stopping, teardown must finish.
+        if stopping:
+            print("\n(still stopping, please wait)", flush=True)
+        else:
+            main.cancel()
+
+    # Our own handler for both, instead of asyncio.run's SIGINT handler, so each signal is handled exactly once.
+    loop.add_signal_handler(signal.SIGINT, on_signal)
+    loop.add_signal_handler(signal.SIGTERM, on_signal)
     started = time.monotonic()
     print(f"kubage demo in {directory}  (logs: {demo.logs}/)", flush=True)
     code = 0
@@ -908,9 +841,7 @@ async def up(directory: Path, once: bool) -> int:
         print(flush=True)
         code = 0 if demo.progress.number >= demo.progress.total else 130
     finally:
-        # Teardown must finish: a second Ctrl-C while it runs only says so.
-        loop.add_signal_handler(signal.SIGINT, lambda: print("\n(still stopping, please wait)", flush=True))
-        loop.add_signal_handler(signal.SIGTERM, lambda: None)
+        stopping = True
         await demo.down()
     return code
 
