@@ -86,13 +86,11 @@ class CaSecretError(Exception):
     pass
 
 
-def write_serving_files(
-    ca: CertificateAuthority, names: list[str], ca_file: Path, cert_file: Path, key_file: Path
-) -> None:
-    """The CA certificate and a serving certificate for ``names`` (every address and DNS name edges use)."""
-    ca_file.parent.mkdir(parents=True, exist_ok=True)
-    ca_file.write_bytes(ca.cert_pem)
+def write_serving_cert(ca: CertificateAuthority, names: list[str], cert_file: Path, key_file: Path) -> None:
+    """A serving certificate for ``names`` (every address and DNS name edges dial), replacing the files whole."""
     key, cert = ca.issue_server(names, days=CA_DAYS)
-    written_cert, written_key = write_pair(cert_file.parent, "tmp-serving", key, cert)
+    cert_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    written_cert, written_key = write_pair(key_file.parent, f".{key_file.name}.new", key, cert)
     written_key.replace(key_file)
     written_cert.replace(cert_file)

@@ -39,9 +39,14 @@ class CloudHub(ConfigModel):
     node_limit: int = Field(default=500, gt=0)
     keepalive_interval: float = Field(default=15.0, gt=0)  # KubeEdge: 30; a dead link is found sooner
     window: int = Field(default=64, ge=1, le=4096)  # reliable messages in flight per node (KubeEdge: 1)
+    # With tlsCAFile present the CA comes from these files (and the certificate service needs tlsCAKeyFile
+    # too); without it, from the Secret kubeedge/casecret, created on first start, and the serving certificate
+    # is issued at each start for advertiseAddress, dnsNames and this host, into tlsCertFile/tlsPrivateKeyFile.
     tls_ca_file: str = Field(default="/etc/kubage/ca/rootCA.crt", alias="tlsCAFile")
+    tls_ca_key_file: str = Field(default="/etc/kubage/ca/rootCA.key", alias="tlsCAKeyFile")
     tls_cert_file: str = "/etc/kubage/certs/server.crt"
     tls_private_key_file: str = "/etc/kubage/certs/server.key"
+    edge_cert_signing_duration: float = Field(default=365.0, gt=0)  # days a node certificate is valid
     websocket: WebSocketListener = Field(default_factory=WebSocketListener)
     https: HttpsListener = Field(default_factory=HttpsListener)
 
@@ -75,12 +80,18 @@ def load(path: Path | None) -> CloudCoreConfig:
     return load_config(CloudCoreConfig, path, env_prefix=ENV_PREFIX)
 
 
+def ca_from_files(config: CloudCoreConfig) -> bool:
+    """Whether the CA comes from files (tlsCAFile exists) rather than the cluster's Secret."""
+    return Path(config.modules.cloud_hub.tls_ca_file).exists()
+
+
 def required_files(config: CloudCoreConfig) -> list[tuple[str, str]]:
     """Files the configuration names, as (YAML key, path)."""
     hub = config.modules.cloud_hub
-    return [
-        ("modules.cloudHub.tlsCAFile", hub.tls_ca_file),
-        ("modules.cloudHub.tlsCertFile", hub.tls_cert_file),
-        ("modules.cloudHub.tlsPrivateKeyFile", hub.tls_private_key_file),
-        ("kubeAPIConfig.kubeConfig", config.kube_api_config.kube_config),
-    ]
+    files = [("kubeAPIConfig.kubeConfig", config.kube_api_config.kube_config)]
+    if ca_from_files(config):
+        files += [
+            ("modules.cloudHub.tlsCertFile", hub.tls_cert_file),
+            ("modules.cloudHub.tlsPrivateKeyFile", hub.tls_private_key_file),
+        ]
+    return files

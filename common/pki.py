@@ -153,6 +153,22 @@ def new_csr(key: PrivateKey, node: str) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
+def check_node_certificate(cert_pem_data: bytes, key: PrivateKey, ca_pem: bytes, node: str) -> x509.Certificate:
+    """A certificate the certificate service returned: for our key and our node, signed by our CA.
+    Raises ValueError saying what is wrong."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem_data)
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a certificate from our CA: {exc}") from None
+    if cert.public_key() != key.public_key():
+        raise ValueError("it is not for the key we sent")
+    names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if names != [NODE_CN_PREFIX + node]:
+        raise ValueError(f"it names {names}, not {NODE_CN_PREFIX}{node}")
+    return cert
+
+
 def node_subject(node: str) -> x509.Name:
     return x509.Name(
         [

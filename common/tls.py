@@ -18,13 +18,24 @@ class IdentityError(Exception):
     """The peer's certificate does not name a node; the message says what it names instead."""
 
 
-def server_context(cert_file: Path | str, key_file: Path | str, ca_file: Path | str) -> ssl.SSLContext:
-    """CloudHub's side: present our certificate and require a client certificate signed by our CA."""
+def server_context(
+    cert_file: Path | str,
+    key_file: Path | str,
+    ca_file: Path | str | None = None,
+    *,
+    ca_pem: bytes | None = None,
+    client_cert: ssl.VerifyMode = ssl.CERT_REQUIRED,
+) -> ssl.SSLContext:
+    """CloudHub's side: present our certificate and require a client certificate signed by our CA (given as
+    a file or as PEM). The certificate service asks for one but does not require it (``CERT_OPTIONAL``)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert_file), str(key_file))
-    ctx.load_verify_locations(cafile=str(ca_file))
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    if ca_pem is not None:
+        ctx.load_verify_locations(cadata=ca_pem.decode())
+    else:
+        ctx.load_verify_locations(cafile=str(ca_file))
+    ctx.verify_mode = client_cert
     return ctx
 
 
@@ -48,6 +59,10 @@ def node_name_from_peercert(peercert: dict[str, Any] | None) -> str:
     if not cn.startswith(NODE_CN_PREFIX):
         raise IdentityError(f"certificate CN={cn!r} is not {NODE_CN_PREFIX}<node name>")
     node = cn[len(NODE_CN_PREFIX) :]
-    if len(node) > 253 or not _NODE_NAME.match(node):
+    if not valid_node_name(node):
         raise IdentityError(f"certificate names node {node!r}, which is not a valid node name")
     return node
+
+
+def valid_node_name(name: str) -> bool:
+    return len(name) <= 253 and _NODE_NAME.match(name) is not None

@@ -108,23 +108,39 @@ class Service:
 @dataclass
 class CloudCoreProcess(Service):
     kubeconfig: Path = Path()
-    pki: Pki | None = None
+    pki: Pki | None = None  # None: the CA comes from the Secret kubeedge/casecret, as in a real cluster
     command: str = "cloudcore"
     port: int = field(default_factory=free_port)
+    cert_port: int = field(default_factory=free_port)  # the certificate service
     keepalive_interval: float = 2.0
+    cert_days: float = 365.0  # edgeCertSigningDuration
 
     def settings(self) -> dict[str, Any]:
-        assert self.pki is not None
+        files: dict[str, Any]
+        if self.pki is not None:
+            files = {
+                "tlsCAFile": str(self.pki.ca_file),
+                "tlsCAKeyFile": str(self.pki.ca_key_file),
+                "tlsCertFile": str(self.pki.server_cert),
+                "tlsPrivateKeyFile": str(self.pki.server_key),
+            }
+        else:  # as deployed: the CA from the cluster's Secret, a serving certificate issued at start
+            files = {
+                "tlsCAFile": str(self.workdir / "no-ca-file" / "rootCA.crt"),
+                "tlsCertFile": str(self.workdir / "certs" / "server.crt"),
+                "tlsPrivateKeyFile": str(self.workdir / "certs" / "server.key"),
+                "advertiseAddress": ["127.0.0.1"],
+            }
         return {
             "kubeAPIConfig": {"kubeConfig": str(self.kubeconfig)},
             "commonConfig": {"monitorServer": {"bindAddress": f"127.0.0.1:{self.monitor_port}"}},
             "modules": {
                 "cloudHub": {
-                    "tlsCAFile": str(self.pki.ca_file),
-                    "tlsCertFile": str(self.pki.server_cert),
-                    "tlsPrivateKeyFile": str(self.pki.server_key),
+                    **files,
                     "keepaliveInterval": self.keepalive_interval,
                     "websocket": {"address": "127.0.0.1", "port": self.port},
+                    "https": {"address": "127.0.0.1", "port": self.cert_port},
+                    "edgeCertSigningDuration": self.cert_days,
                 },
                 "edgeController": {"leaseRenewInterval": 0.5},
             },

@@ -27,8 +27,11 @@ class Pki:
 
     def __post_init__(self) -> None:
         self.ca_file = self.directory / "ca.crt"
+        self.ca_key_file = self.directory / "ca.key"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.ca_file.write_bytes(cert_pem(self.ca.cert))
+        self.ca_key_file.write_bytes(self.ca.key_pem)
+        self.ca_key_file.chmod(0o600)
         key, cert = self.ca.issue_server(["127.0.0.1", "localhost"])
         self.server_cert, self.server_key = write_pair(self.directory, "server", key, cert)
 
