@@ -36,7 +36,8 @@ class EdgeHub(ConfigModel):
     tls_cert_file: str = "/etc/kubage/certs/server.crt"
     tls_private_key_file: str = "/etc/kubage/certs/server.key"
     websocket: EdgeHubWebSocket = Field(default_factory=EdgeHubWebSocket)
-    https_server: str = Field(default="https://127.0.0.1:10002", alias="httpServer")
+    https_server: str = Field(default="https://127.0.0.1:10002", alias="httpServer")  # the certificate service
+    rotate_certificates: bool = True  # renew the node certificate at a jittered 70-90 % of its lifetime
 
 
 class Edged(ConfigModel):

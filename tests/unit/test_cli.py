@@ -44,10 +44,32 @@ def test_keadm_join_takes_kubeedges_flags() -> None:
         assert flag in out.stdout
 
 
-def test_unbuilt_subcommand_says_so_and_fails() -> None:
-    out = run("keadm", "gettoken")
-    assert out.returncode == 3
-    assert "not built yet" in out.stderr and "#7" in out.stderr
+def test_gettoken_without_a_kubeconfig_says_so(tmp_path: Path) -> None:
+    out = run("keadm", "gettoken", "--kube-config", str(tmp_path / "nope"))
+    assert out.returncode == 2
+    assert f"kubeconfig {tmp_path / 'nope'} does not exist" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--cloudcore-ipport", "cloud"], "--cloudcore-ipport must be HOST:PORT, got 'cloud'"),
+        (["--token", "abc"], "--token: malformed token"),
+        (["--edgenode-name", "Bad_Name"], "node name 'Bad_Name' is not a valid node name"),
+        (["--labels", "site"], "--labels: 'site' is not key=value"),
+        (["--set", "modules.edgeHub.nosuch=1"], "unknown key 'nosuch'"),
+        (["--set", "modules.edgeHub.heartbeat=soon"], "modules.edgeHub.heartbeat: Input should be a valid number"),
+    ],
+)
+def test_join_checks_its_flags_before_touching_anything(tmp_path: Path, flags: list[str], message: str) -> None:
+    args = {"--cloudcore-ipport": "127.0.0.1:1", "--token": "a" * 64 + ".b.c", "--edgenode-name": "edge-1"}
+    for flag, value in zip(flags[::2], flags[1::2], strict=True):
+        args[flag] = value
+    argv = [item for pair in args.items() for item in pair]
+    out = run("keadm", "join", *argv, "--root-dir", str(tmp_path))
+    assert out.returncode == 1, out.stdout
+    assert message in out.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", ["cloudcore", "edgecore"])
@@ -58,10 +80,13 @@ def test_defaultconfig_is_valid_yaml_that_loads_back(command: str, tmp_path: Pat
     path = tmp_path / f"{command}.yaml"
     path.write_text(out.stdout)
     again = run(command, "--config", str(path))
-    # config accepted, and then the certificates it names are checked
+    # config accepted, and then what it needs is checked: the edge's certificates; the cloud's API server
+    # (without a CA file, cloudcore takes its CA from the cluster)
     assert again.returncode == 2
-    key = "modules.cloudHub.tlsCAFile" if command == "cloudcore" else "modules.edgeHub.tlsCaFile"
-    assert f"{key}: /etc/kubage/ca/rootCA.crt does not exist" in again.stderr
+    if command == "cloudcore":
+        assert "kubeAPIConfig.kubeConfig is empty" in again.stderr and "KUBERNETES_SERVICE_HOST" in again.stderr
+    else:
+        assert "modules.edgeHub.tlsCaFile: /etc/kubage/ca/rootCA.crt does not exist" in again.stderr
 
 
 def test_bad_config_file_names_key_and_exits_2(tmp_path: Path) -> None:

@@ -1,0 +1,209 @@
+"""Joining an edge node with ``keadm gettoken`` and ``keadm join`` against the real cloudcore command, with its CA
+in the cluster's Secret as deployed, and the certificate service behind it.
+
+A valid token gives a connected node holding a certificate for its own name only; expired, forged, reused and
+wrong-node tokens are refused with a message that says which, and leave nothing behind; one node's certificate
+cannot renew (or connect) as another's; a rotated certificate keeps the node connected and its pods running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from cloudcore.certs import load_ca
+from cloudcore.kube import Kube, KubeError
+from common.certclient import CertServiceError, request_certificate
+from common.pki import new_csr, new_key
+from keadm.paths import EdgeLayout
+from tests.conftest import ControlPlane
+from tests.processes import CloudCoreProcess, Service, free_port, production_env
+from tests.tunnel import eventually
+
+pytestmark = pytest.mark.kube
+
+BIN = Path(sys.executable).parent
+
+
+def keadm(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "keadm"), *argv], capture_output=True, text=True, timeout=60, check=False, env=production_env()
+    )
+
+
+class JoinedEdge(Service):
+    """``edgecore`` run with the configuration ``keadm join --root-dir`` wrote."""
+
+    def __init__(self, layout: EdgeLayout, monitor_port: int) -> None:
+        self.layout = layout
+        super().__init__(layout.root / "run", command="edgecore", monitor_port=monitor_port)
+
+    def settings(self) -> dict[str, Any]:
+        return dict(yaml.safe_load(self.layout.config.read_text()))
+
+
+@pytest.fixture
+async def cloud(control_plane: ControlPlane, tmp_path: Path) -> AsyncIterator[CloudCoreProcess]:
+    proc = CloudCoreProcess(tmp_path / "cloudcore", kubeconfig=control_plane.kubeconfig, pki=None)
+    proc.start()
+    try:
+        await proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+def join(cloud: CloudCoreProcess, root: Path, node: str, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return keadm(
+        "join",
+        "--cloudcore-ipport",
+        f"127.0.0.1:{cloud.port}",
+        "--certport",
+        str(cloud.cert_port),
+        "--token",
+        token,
+        "--edgenode-name",
+        node,
+        "--root-dir",
+        str(root),
+        "--set",
+        "modules.eventBus.enable=false",
+        "--set",
+        f"modules.edged.healthzBindAddress=127.0.0.1:{free_port()}",
+        "--set",
+        "modules.edgeHub.heartbeat=2",
+        *extra,
+    )
+
+
+def gettoken(control_plane: ControlPlane, *extra: str) -> str:
+    out = keadm("gettoken", "--kube-config", str(control_plane.kubeconfig), *extra)
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}\.[\w-]+\.[\w-]+", token), token
+    return token
+
+
+def node_name() -> str:
+    return f"join-{uuid.uuid4().hex[:8]}"
+
+
+async def node_exists(kube: Kube, node: str) -> bool:
+    try:
+        await kube.get(f"/api/v1/nodes/{node}")
+    except KubeError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def start_edge(layout: EdgeLayout) -> JoinedEdge:
+    config = yaml.safe_load(layout.config.read_text())
+    port = int(config["modules"]["edged"]["healthzBindAddress"].rsplit(":", 1)[1])
+    edge = JoinedEdge(layout, port)
+    edge.start()
+    return edge
+
+
+async def test_join_gives_a_connected_node_with_a_certificate_for_its_own_name(
+    control_plane: ControlPlane, cloud: CloudCoreProcess, kube: Kube, tmp_path: Path
+) -> None:
+    node = node_name()
+    token = gettoken(control_plane, "--node", node, "--ttl", "10m")
+    out = join(cloud, tmp_path / "root", node, token, "--labels", "site=lab,tier=edge")
+    assert out.returncode == 0, out.stderr
+    assert "[1/4] CA pinned" in out.stdout and "[4/4]" in out.stdout
+
+    layout = EdgeLayout(tmp_path / "root")
+    cert = x509.load_pem_x509_certificate(layout.cert_file.read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"system:node:{node}"
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)  # no other names to stand for
+    ca = await load_ca(kube)
+    assert ca is not None and layout.ca_file.read_bytes() == ca.cert_pem
+    assert layout.key_file.stat().st_mode & 0o077 == 0
+    assert "Type=notify" in layout.unit_file.read_text()
+
+    edge = start_edge(layout)
+    try:
+        await edge.wait_ready()
+        await eventually(lambda: node_exists(kube, node), timeout=20)
+        labels = (await kube.get(f"/api/v1/nodes/{node}"))["metadata"]["labels"]
+        assert labels["site"] == "lab" and labels["tier"] == "edge"
+    finally:
+        edge.stop()
+
+    again = join(cloud, tmp_path / "root", node, token)
+    assert again.returncode == 1 and "already joined" in again.stderr
+
+
+@pytest.mark.parametrize("case", ["expired", "forged", "reused", "wrong-node", "wrong-ca"])
+async def test_bad_tokens_are_refused_and_leave_nothing_behind(
+    control_plane: ControlPlane, cloud: CloudCoreProcess, tmp_path: Path, case: str
+) -> None:
+    node = node_name()
+    if case == "expired":
+        token = gettoken(control_plane, "--node", node, "--ttl", "1s")
+        await asyncio.sleep(1.5)
+        expected = "token expired"
+    elif case == "forged":
+        head, claims, signature = gettoken(control_plane, "--ttl", "10m").split(".")
+        token = f"{head}.{claims}.{signature[:-4]}AAAA"
+        expected = "forged token"
+    elif case == "reused":
+        token = gettoken(control_plane, "--node", node, "--ttl", "10m")
+        first = join(cloud, tmp_path / "first", node, token)
+        assert first.returncode == 0, first.stderr
+        expected = "token already used"
+    elif case == "wrong-node":
+        token = gettoken(control_plane, "--node", "someone-else", "--ttl", "10m")
+        expected = "token is bound to node 'someone-else', not"
+    else:
+        token = "0" * 64 + "." + gettoken(control_plane).split(".", 1)[1]
+        expected = "but the token pins"
+    root = tmp_path / "root"
+    out = join(cloud, root, node, token)
+    assert out.returncode == 1, out.stdout
+    assert expected in out.stderr, out.stderr
+    assert not (root / "etc" / "kubage").exists()
+    assert not list(root.glob("etc/.kubage-join-*"))  # no staging dir left either
+
+
+async def test_one_nodes_certificate_cannot_renew_as_another(
+    control_plane: ControlPlane, cloud: CloudCoreProcess, tmp_path: Path
+) -> None:
+    node = node_name()
+    assert join(cloud, tmp_path / "a", node, gettoken(control_plane, "--node", node)).returncode == 0
+    layout = EdgeLayout(tmp_path / "a")
+    ca_pem = layout.ca_file.read_bytes()
+
+    async def renew(as_node: str) -> bytes:
+        return await request_certificate(
+            "127.0.0.1",
+            cloud.cert_port,
+            node=as_node,
+            csr_pem=new_csr(new_key(), as_node),
+            ca_pem=ca_pem,
+            client_cert=(layout.cert_file, layout.key_file),
+        )
+
+    with pytest.raises(CertServiceError, match=rf"403: the client certificate is for node '{node}', not 'victim'"):
+        await renew("victim")
+    renewed = x509.load_pem_x509_certificate(await renew(node))  # its own name: fine
+    assert renewed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"system:node:{node}"
+    with pytest.raises(CertServiceError, match="401: no join token"):
+        await request_certificate(
+            "127.0.0.1", cloud.cert_port, node="victim", csr_pem=new_csr(new_key(), "victim"), ca_pem=ca_pem
+        )
