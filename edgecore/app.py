@@ -16,6 +16,7 @@ from common.monitor import Monitor
 from common.supervisor import Module, Restart
 from common.systemd import notify, watchdog
 from common.tls import client_context
+from edgecore.certmanager import CertRotator, complete_interrupted_rotation
 from edgecore.config import EdgeCoreConfig
 from edgecore.devicetwin import DeviceTwin
 from edgecore.edged.edged import Edged
@@ -65,6 +66,8 @@ async def build(
     data_source = Path(config.database.data_source)
     data_source.parent.mkdir(parents=True, exist_ok=True)
     store = await MetaStore.open(data_source)
+    cert_file, key_file = Path(hub_config.tls_cert_file), Path(hub_config.tls_private_key_file)
+    complete_interrupted_rotation(cert_file, key_file)
     hub = EdgeHub(
         settings=EdgeHubSettings(
             server=hub_config.websocket.server,
@@ -73,7 +76,7 @@ async def build(
             keepalive_interval=hub_config.heartbeat,
             handshake_timeout=hub_config.websocket.handshake_timeout,
         ),
-        ssl_context=client_context(hub_config.tls_cert_file, hub_config.tls_private_key_file, hub_config.tls_ca_file),
+        ssl_context=client_context(cert_file, key_file, hub_config.tls_ca_file),
         store=store,
     )
     runtime = runtime_factory(edged_config.remote_runtime_endpoint)
@@ -115,6 +118,16 @@ async def build(
         Module("monitor", monitor.run),
         Module("systemd", systemd),
     ]
+    if hub_config.rotate_certificates:
+        rotator = CertRotator(
+            node=node,
+            cert_file=cert_file,
+            key_file=key_file,
+            ca_file=Path(hub_config.tls_ca_file),
+            https_server=hub_config.https_server,
+            ssl_context=hub.ssl_context,
+        )
+        modules.append(Module("certrotation", rotator.run))
     closing: list[MetaStore] = []
     bus_config = config.modules.event_bus
     if bus_config.enable:

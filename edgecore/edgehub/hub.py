@@ -74,7 +74,7 @@ class EdgeHub:
         on_message: MessageHandler | None = None,
     ) -> None:
         self.settings = settings
-        self._ssl = ssl_context
+        self.ssl_context = ssl_context  # CertRotator loads a renewed certificate into it
         self.store = store
         self._delays = delays
         self._on_message = on_message or _drop_message
@@ -159,7 +159,7 @@ class EdgeHub:
         host = self.server.rsplit(":", 1)[0].strip("[]")
         async with connect(
             self.uri,
-            ssl=self._ssl,
+            ssl=self.ssl_context,
             server_hostname=s.server_hostname or host,
             additional_headers={"node_id": s.node_name, "project_id": s.project_id},
             open_timeout=s.handshake_timeout,

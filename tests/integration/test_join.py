@@ -12,6 +12,7 @@ import asyncio
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -207,3 +208,73 @@ async def test_one_nodes_certificate_cannot_renew_as_another(
         await request_certificate(
             "127.0.0.1", cloud.cert_port, node="victim", csr_pem=new_csr(new_key(), "victim"), ca_pem=ca_pem
         )
+
+
+def serial(layout: EdgeLayout) -> int:
+    return x509.load_pem_x509_certificate(layout.cert_file.read_bytes()).serial_number
+
+
+def metric(edge: Service, name: str) -> float:
+    for line in edge.metrics().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def pod_running(kube: Kube, namespace: str, name: str) -> bool:
+    status = (await kube.get(f"/api/v1/namespaces/{namespace}/pods/{name}")).get("status") or {}
+    containers = status.get("containerStatuses") or []
+    return status.get("phase") == "Running" and bool(containers) and "running" in containers[0]["state"]
+
+
+async def test_rotation_keeps_the_node_connected_and_its_pods_running(
+    control_plane: ControlPlane, kube: Kube, containerd: Any, tmp_path: Path
+) -> None:
+    lifetime_s = 15.0  # rotation falls 10.5-13.5 s after issue
+    cloud = CloudCoreProcess(
+        tmp_path / "cloudcore", kubeconfig=control_plane.kubeconfig, pki=None, cert_days=lifetime_s / 86400
+    )
+    cloud.start()
+    edge: JoinedEdge | None = None
+    try:
+        await cloud.wait_ready()
+        node = node_name()
+        token = gettoken(control_plane, "--node", node)
+        out = join(cloud, tmp_path / "root", node, token, "--remote-runtime-endpoint", containerd.endpoint)
+        assert out.returncode == 0, out.stderr
+        layout = EdgeLayout(tmp_path / "root")
+        first = serial(layout)
+        first_expiry = x509.load_pem_x509_certificate(layout.cert_file.read_bytes()).not_valid_after_utc.timestamp()
+        edge = start_edge(layout)
+        await edge.wait_ready()
+
+        namespace = f"t-{uuid.uuid4().hex[:8]}"
+        await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+        container = {"name": "main", "image": "localhost/busybox:1.35", "command": ["sleep", "3600"]}
+        spec = {"nodeName": node, "hostNetwork": True, "terminationGracePeriodSeconds": 1, "containers": [container]}
+        await kube.request(
+            "POST", f"/api/v1/namespaces/{namespace}/pods", body={"metadata": {"name": "steady"}, "spec": spec}
+        )
+        await eventually(lambda: pod_running(kube, namespace, "steady"), timeout=30)
+        assert metric(edge, "kubage_edgehub_sessions_total") == 1
+
+        await eventually(lambda: serial(layout) != first, timeout=lifetime_s + 5, interval=0.2)
+        # renewed on the live session: no reconnect, the pod untouched
+        assert metric(edge, "kubage_edgehub_sessions_total") == 1
+        assert metric(edge, "kubage_edgehub_connected") == 1
+        assert await pod_running(kube, namespace, "steady")
+
+        # Once the first certificate has expired, a new session must use the renewed one: restart CloudCore.
+        await asyncio.sleep(max(0.0, first_expiry + 1 - time.time()))
+        cloud.stop()
+        cloud.start()
+        await cloud.wait_ready()
+        await eventually(lambda: metric(edge, "kubage_edgehub_sessions_total") == 2, timeout=20, interval=0.2)
+        assert metric(edge, "kubage_edgehub_connected") == 1
+        pod = await kube.get(f"/api/v1/namespaces/{namespace}/pods/steady")
+        assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+        assert await pod_running(kube, namespace, "steady")
+    finally:
+        if edge is not None:
+            edge.stop()
+        cloud.stop()
