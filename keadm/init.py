@@ -33,6 +33,7 @@ from cloudcore.certs import CA_SECRET, CaSecretError, ensure_ca, load_ca
 from cloudcore.kube import Kube, KubeError
 from common.cli import package_version
 from common.logging import configure_logging
+from keadm import paths
 
 NAMESPACE = "kubeedge"
 FIELD_MANAGER = "keadm"
@@ -109,15 +110,10 @@ class Group:
 
 
 def deploy_dir() -> Path:
-    """deploy/ inside the installed package (the wheel force-includes it as keadm/deploy), else the source
-    checkout's deploy/ beside the keadm package."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "deploy", here.parent / "deploy"):
-        if (candidate / "crds").is_dir() and (candidate / "deployment.yaml").is_file():
-            return candidate
-    raise ManifestError(
-        f"the CloudCore manifests are not installed: neither {here / 'deploy'} nor {here.parent / 'deploy'}"
-    )
+    found = paths.deploy_dir()
+    if found is None or not (found / "deployment.yaml").is_file():
+        raise ManifestError("the CloudCore manifests (deploy/) are not installed with this keadm")
+    return found
 
 
 def manifest_files(directory: Path) -> list[tuple[str, list[Path]]]:

@@ -33,7 +33,7 @@ from common.config import ConfigError, load_config
 from common.tls import NODE_CN_PREFIX, valid_node_name
 from common.tokens import TokenError, ca_hash
 from edgecore.config import ENV_PREFIX, EdgeCoreConfig
-from keadm.paths import EdgeLayout
+from keadm.paths import EdgeLayout, deploy_dir
 
 READY_WAIT_S = 60.0
 
@@ -249,13 +249,10 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
 
 
 def _unit_text() -> str:
-    for candidate in (
-        Path(__file__).parent / "deploy" / "edgecore.service",  # installed wheel
-        Path(__file__).parent.parent / "deploy" / "edgecore.service",  # source checkout
-    ):
-        if candidate.exists():
-            return candidate.read_text()
-    raise JoinError("deploy/edgecore.service is missing from this installation of keadm")
+    found = deploy_dir()
+    if found is None:
+        raise JoinError("deploy/edgecore.service is missing from this installation of keadm")
+    return (found / "edgecore.service").read_text()
 
 
 def _wait_ready(bind_address: str) -> None:

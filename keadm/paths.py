@@ -7,6 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def deploy_dir() -> Path | None:
+    """deploy/ (manifests, CRDs, the edgecore unit): inside the installed package (the wheel force-includes it
+    as keadm/deploy), else the source checkout's, beside the keadm package. None when neither is there."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "deploy", here.parent / "deploy"):
+        if (candidate / "crds").is_dir() and (candidate / "edgecore.service").is_file():
+            return candidate
+    return None
+
+
 @dataclass(frozen=True)
 class EdgeLayout:
     root: Path = Path("/")
