@@ -32,7 +32,7 @@ from cloudcore.kube import Kube, KubeError
 from common.logging import get_logger
 from common.pki import CertificateAuthority, CsrError, cert_pem
 from common.tls import IdentityError, node_name_from_peercert, valid_node_name
-from common.tokens import TokenError, verify
+from common.tokens import TokenError, WrongNodeToken, verify
 
 log = get_logger(__name__)
 
@@ -141,9 +141,10 @@ class CertService:
             raise Refused(401, "no join token: send 'Authorization: Bearer <token from keadm gettoken>'")
         try:
             claims = verify(self.ca, token, node=node)
+        except WrongNodeToken as exc:
+            raise Refused(403, str(exc)) from None
         except TokenError as exc:
-            status = 403 if "bound to node" in str(exc) else 401
-            raise Refused(status, str(exc)) from None
+            raise Refused(401, str(exc)) from None
         return "token", (claims.jti, claims.exp) if claims.node is not None else None
 
     async def _use_once(self, jti: str, exp: int, *, node: str) -> None:

@@ -29,6 +29,10 @@ class TokenError(Exception):
     """The token is refused; the message says why (expired, forged, for another node, malformed)."""
 
 
+class WrongNodeToken(TokenError):
+    """A valid token, bound to another node: the caller is known, and not allowed (403, not 401)."""
+
+
 @dataclass(frozen=True)
 class Claims:
     ca_hash: str
@@ -89,7 +93,7 @@ def verify(ca: CertificateAuthority, token: str, *, node: str, now: float | None
         ago = int(current - exp)
         raise TokenError(f"token expired {ago} s ago; get a new one with 'keadm gettoken'")
     if bound is not None and bound != node:
-        raise TokenError(f"token is bound to node {bound!r}, not {node!r}")
+        raise WrongNodeToken(f"token is bound to node {bound!r}, not {node!r}")
     return Claims(head, exp, jti, bound)
 
 
@@ -97,10 +101,6 @@ def parse_duration(text: str) -> float:
     """``24h``, ``30m``, ``90s``, ``1h30m``, or plain seconds; as Go's durations are written."""
     units = {"h": 3600.0, "m": 60.0, "s": 1.0}
     text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
     total, number = 0.0, ""
     for char in text:
         if char.isdigit() or char == ".":
@@ -110,6 +110,8 @@ def parse_duration(text: str) -> float:
             number = ""
         else:
             raise ValueError(f"invalid duration {text!r}: use e.g. 24h, 30m or 90s")
+    if number and total == 0:
+        total, number = float(number), ""  # plain seconds
     if number or total <= 0:
         raise ValueError(f"invalid duration {text!r}: use e.g. 24h, 30m or 90s")
     return total
