@@ -9,7 +9,9 @@ cannot renew (or connect) as another's; a rotated certificate keeps the node con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +25,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from cloudcore.certs import load_ca
+from cloudcore.certs import CA_SECRET, NAMESPACE, ensure_ca, load_ca
 from cloudcore.kube import Kube, KubeError
 from common.certclient import CertServiceError, request_certificate
 from common.pki import new_csr, new_key
@@ -278,3 +280,25 @@ async def test_rotation_keeps_the_node_connected_and_its_pods_running(
         if edge is not None:
             edge.stop()
         cloud.stop()
+
+
+async def test_replicas_starting_together_create_one_ca(control_plane: ControlPlane, kube: Kube) -> None:
+    """KubeEdge's #5922: two instances racing at first start must not end up with different CAs."""
+    with contextlib.suppress(KubeError):
+        await kube.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/secrets/{CA_SECRET}")
+    clients = [await Kube.connect(str(control_plane.kubeconfig)) for _ in range(6)]
+    try:
+        cas = await asyncio.gather(*(ensure_ca(client) for client in clients))
+    finally:
+        for client in clients:
+            await client.close()
+    stored = await load_ca(kube)
+    assert stored is not None
+    assert {ca.fingerprint for ca in cas} == {stored.fingerprint}
+
+
+def test_the_serving_certificate_names_every_address_edges_dial(cloud: CloudCoreProcess) -> None:
+    cert = x509.load_pem_x509_certificate((cloud.workdir / "certs" / "server.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} >= {"127.0.0.1"}
+    assert {"localhost", socket.gethostname()} <= set(names.get_values_for_type(x509.DNSName))
