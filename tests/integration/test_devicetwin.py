@@ -304,8 +304,15 @@ async def test_devicetwin_resumes_after_the_broker_restarts(broker: Broker, edge
         streaming.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await streaming
+
     # the latest value DeviceTwin took is in the twin table and went upstream last; each report counted in the
-    # version, though reports handled in one batch send only their latest value up
+    # version, though reports handled in one batch send only their latest value up. (A batch may still be
+    # between its outbox write and its twin-table write when the stream stops: wait for it to finish.)
+    async def settled() -> bool:
+        row = (await edge.twin.twins.get(T1))["temperature"]
+        return row.reported == reported_upstream(edge, "temperature")[-1]
+
+    await eventually(settled)
     row = (await edge.twin.twins.get(T1))["temperature"]
     values = reported_upstream(edge, "temperature")
     assert row.reported == values[-1] and row.reported_version >= len(values)
