@@ -19,11 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cryptography import x509
-
 from common.certclient import CertServiceError, request_certificate
 from common.logging import get_logger
-from common.pki import check_node_certificate, key_pem, new_csr, new_key
 from common.protocol.backoff import backoff_delays
 
 log = get_logger(__name__)
@@ -37,6 +34,22 @@ def complete_interrupted_rotation(cert_file: Path, key_file: Path) -> None:
     elif new_cert.exists():
         new_cert.unlink()  # nothing renamed yet: the old pair stands, the next rotation starts afresh
         new_key_file.unlink()
+
+
+def validity(cert_file: Path) -> tuple[float, float]:
+    """NotBefore and NotAfter of a PEM certificate, as Unix times, read by the ssl module.
+
+    ``ssl._ssl._test_decode_cert`` is private but has decoded certificate files for CPython's own tests since
+    Python 3.2; the cryptography package would do the same for about 10 MiB of resident memory, kept for good.
+    """
+    decode = getattr(ssl._ssl, "_test_decode_cert", None)  # type: ignore[attr-defined]
+    if decode is None:  # a Python without it: pay for cryptography
+        from cryptography import x509  # noqa: PLC0415
+
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+    decoded = decode(str(cert_file))
+    return float(ssl.cert_time_to_seconds(decoded["notBefore"])), float(ssl.cert_time_to_seconds(decoded["notAfter"]))
 
 
 def _staged(path: Path) -> Path:
@@ -67,10 +80,8 @@ class CertRotator:
 
     def deadline(self) -> float:
         """When to renew (Unix time): NotBefore plus 70-90 % of the lifetime."""
-        cert = x509.load_pem_x509_certificate(self.cert_file.read_bytes())
-        start = cert.not_valid_before_utc.timestamp()
-        lifetime = cert.not_valid_after_utc.timestamp() - start
-        return start + lifetime * (0.7 + 0.2 * self._rng())
+        start, end = validity(self.cert_file)
+        return start + (end - start) * (0.7 + 0.2 * self._rng())
 
     async def run(self) -> None:
         while True:
@@ -89,6 +100,9 @@ class CertRotator:
                     await asyncio.sleep(delay)
 
     async def rotate(self) -> None:
+        # Imported on first use: the cryptography package costs EdgeCore about 10 MiB, for a yearly renewal.
+        from common.pki import check_node_certificate, key_pem, new_csr, new_key  # noqa: PLC0415
+
         key = new_key()
         ca_pem = self.ca_file.read_bytes()
         cert_pem = await request_certificate(

@@ -10,6 +10,7 @@ from cryptography import x509
 
 from common.pki import CertificateAuthority, cert_pem, key_pem, write_pair
 from edgecore.certmanager import CertRotator, complete_interrupted_rotation
+from edgecore.certmanager.rotation import validity
 
 
 @pytest.fixture
@@ -73,3 +74,10 @@ def test_a_rotation_cut_before_any_rename_leaves_the_old_pair(pair: tuple[Path, 
     complete_interrupted_rotation(cert_file, key_file)
     assert (cert_file.read_bytes(), key_file.read_bytes()) == before
     assert list(cert_file.parent.glob("*.new")) == []
+
+
+def test_validity_from_the_ssl_module_agrees_with_cryptography(pair: tuple[Path, Path, CertificateAuthority]) -> None:
+    cert_file, _, _ = pair
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    # whole seconds: that is what certificates hold
+    assert validity(cert_file) == (cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
