@@ -153,7 +153,7 @@ def _plan(args: argparse.Namespace, layout: EdgeLayout) -> Plan:
         node=node,
         token=args.token.strip(),
         config=config.model_dump(by_alias=True, mode="json"),
-        unit=_unit_text(),
+        unit=_unit_text(layout),
     )
 
 
@@ -248,11 +248,20 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def _unit_text() -> str:
+def _unit_text(layout: EdgeLayout) -> str:
+    """deploy/edgecore.service, starting the edgecore installed beside this keadm with the joined config."""
     found = deploy_dir()
     if found is None:
         raise JoinError("deploy/edgecore.service is missing from this installation of keadm")
-    return (found / "edgecore.service").read_text()
+    beside = Path(sys.argv[0]).resolve().parent / "edgecore"
+    edgecore = str(beside) if beside.exists() else shutil.which("edgecore")
+    if edgecore is None:
+        raise JoinError("the edgecore command is not installed on this machine (pip install kubage)")
+    unit = (found / "edgecore.service").read_text()
+    default = "ExecStart=/usr/local/bin/edgecore --config /etc/kubage/edgecore.yaml"
+    if default not in unit:
+        raise JoinError(f"{found / 'edgecore.service'} has no line {default!r} to fill in")
+    return unit.replace(default, f"ExecStart={edgecore} --config {layout.config}")
 
 
 def _wait_ready(bind_address: str) -> None:

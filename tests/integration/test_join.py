@@ -137,7 +137,9 @@ async def test_join_gives_a_connected_node_with_a_certificate_for_its_own_name(
     ca = await load_ca(kube)
     assert ca is not None and layout.ca_file.read_bytes() == ca.cert_pem
     assert layout.key_file.stat().st_mode & 0o077 == 0
-    assert "Type=notify" in layout.unit_file.read_text()
+    unit = layout.unit_file.read_text()
+    assert "Type=notify" in unit
+    assert f"ExecStart={BIN / 'edgecore'} --config {layout.config}" in unit
 
     edge = start_edge(layout)
     try:
