@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from cloudcore.certs import CA_SECRET, NAMESPACE, ensure_ca, load_ca
@@ -208,6 +209,29 @@ async def test_one_nodes_certificate_cannot_renew_as_another(
         await renew("victim")
     renewed = x509.load_pem_x509_certificate(await renew(node))  # its own name: fine
     assert renewed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"system:node:{node}"
+    # The subject comes from the token, whatever the CSR asks for.
+    key = new_key()
+    greedy = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "system:node:victim")]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("kubernetes.default")]), critical=False)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    other = node_name()
+    issued = x509.load_pem_x509_certificate(
+        await request_certificate(
+            "127.0.0.1",
+            cloud.cert_port,
+            node=other,
+            csr_pem=greedy,
+            ca_pem=ca_pem,
+            token=gettoken(control_plane, "--node", other),
+        )
+    )
+    assert issued.subject.rfc4514_string() == f"CN=system:node:{other},O=system:nodes"
+    with pytest.raises(x509.ExtensionNotFound):
+        issued.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     with pytest.raises(CertServiceError, match="401: no join token"):
         await request_certificate(
             "127.0.0.1", cloud.cert_port, node="victim", csr_pem=new_csr(new_key(), "victim"), ca_pem=ca_pem
