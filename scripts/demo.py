@@ -68,7 +68,7 @@ class StepFailed(Exception):
 
 
 class Progress:
-    """One line per step (``[3/11] containerd ... ok 1.2s``), detail lines indented under it."""
+    """One line per step (``[ 3/13] containerd ... ok 0.3s``), detail lines indented under it."""
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -296,7 +296,7 @@ class Demo:
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
-    async def run_command(self, name: str, argv: list[str], timeout: float = 60.0, *, check: bool = True) -> str:  # noqa: ASYNC109
+    async def run_command(self, name: str, argv: list[str], timeout: float = 60.0) -> str:  # noqa: ASYNC109
         """Run a short command to completion; its output goes to ``logs/<name>.log`` and is returned."""
         log = self.logs / f"{name}.log"
         proc = await asyncio.create_subprocess_exec(
@@ -317,7 +317,7 @@ class Demo:
         text = out.decode(errors="replace")
         with log.open("a") as f:
             f.write(f"$ {' '.join(argv)}\n{text}\n(exit {proc.returncode})\n")
-        if check and proc.returncode != 0:
+        if proc.returncode != 0:
             last = "\n".join(text.strip().splitlines()[-8:])
             raise StepFailed(
                 f"{Path(argv[0]).name} {argv[1] if len(argv) > 1 else ''} exited {proc.returncode}:\n{last}"
