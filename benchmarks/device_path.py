@@ -47,6 +47,7 @@ from typing import Any
 import aiomqtt
 import orjson
 
+from benchmarks.support import control_plane_command, kubeconfig_from, log
 from cloudcore.kube import Kube
 from common import devices as topics
 from common.loop import loop_name, run
@@ -66,22 +67,7 @@ _quiet = logging.getLogger("bench.aiomqtt")
 _quiet.setLevel(logging.ERROR)  # aiomqtt warns once more than ten publishes are pending: that is the point here
 
 
-def log(text: str) -> None:
-    print(f"# {text}", file=sys.stderr, flush=True)
-
-
 # --- processes -----------------------------------------------------------------------------------------------
-
-
-def control_plane_command(command: str, state: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "scripts" / "control_plane.py"), command, "--dir", str(state)]
-
-
-def kubeconfig_from(stdout: str) -> Path:
-    for line in stdout.splitlines():
-        if line.startswith("export KUBECONFIG="):
-            return Path(line.split("=", 1)[1].strip())
-    raise RuntimeError(f"control plane printed no KUBECONFIG:\n{stdout}")
 
 
 @dataclass

@@ -43,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.support import control_plane_down, control_plane_up, cpu_seconds, log, runq_seconds
 from cloudcore.kube import Kube, KubeError
 from common.logging import configure_logging
 from common.loop import loop_name, run
@@ -57,12 +58,7 @@ BIN = Path(sys.executable).parent
 EDGE_LABEL = "node-role.kubernetes.io/edge"
 NAMESPACE = "bench-dispatch"
 IMAGE = "localhost/busybox:1.35"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CONNECT_BATCH = 100  # edges started at once in each child: a TLS handshake storm would only time out and retry
-
-
-def log(text: str) -> None:
-    print(f"# {text}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -81,23 +77,6 @@ def pod_name(i: int) -> str:
 
 
 # --- /proc ---------------------------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat; 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def runq_seconds(pid: int) -> float:
-    """Time the process's main thread spent runnable but waiting for a CPU."""
-    try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def rss_kib(pid: int) -> int:
@@ -126,30 +105,6 @@ def ms(seconds: float) -> float:
 
 
 # --- control plane and PKI -----------------------------------------------------------------------------------
-
-
-def control_plane_up(state: Path) -> Path:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "control_plane.py"), "up", "--dir", str(state)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"control plane did not come up:\n{out.stderr[-4000:]}")
-    for line in out.stdout.splitlines():
-        if line.startswith("export KUBECONFIG="):
-            return Path(line.split("=", 1)[1].strip())
-    raise RuntimeError(f"control plane printed no KUBECONFIG:\n{out.stdout}")
-
-
-def control_plane_down(state: Path) -> None:
-    subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "control_plane.py"), "down", "--dir", str(state)],
-        check=False,
-        timeout=120,
-    )
 
 
 def control_plane_pid(state: Path, name: str) -> int | None:

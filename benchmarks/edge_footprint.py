@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.support import CLOCK_TICKS, control_plane_command, control_plane_down, cpu_seconds, kubeconfig_from, log
 from cloudcore.kube import Kube, KubeError
 from common.loop import loop_name, run
 from tests.containerd import BUSYBOX_IMAGE, Containerd
@@ -60,12 +61,7 @@ NODE = "footprint-edge"
 NAMESPACE = "bench-footprint"
 PODS = 10
 GOAL_MIB = 50
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def log(text: str) -> None:
-    print(f"# {text}", file=sys.stderr, flush=True)
 
 
 # --- /proc ---------------------------------------------------------------------------------------------------
@@ -102,12 +98,6 @@ def smaps_rollup(pid: int) -> dict[str, float]:
     if "Pss" not in values:
         return {}
     return {"pss": values["Pss"], "uss": values.get("Private_Clean", 0.0) + values.get("Private_Dirty", 0.0)}
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 @dataclass
@@ -165,17 +155,6 @@ async def measure(pid: int, seconds: float, count: int) -> Window:
 # --- control plane -------------------------------------------------------------------------------------------
 
 
-def control_plane_command(command: str, state: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "scripts" / "control_plane.py"), command, "--dir", str(state)]
-
-
-def kubeconfig_from(stdout: str) -> Path:
-    for line in stdout.splitlines():
-        if line.startswith("export KUBECONFIG="):
-            return Path(line.split("=", 1)[1].strip())
-    raise RuntimeError(f"control plane printed no KUBECONFIG:\n{stdout}")
-
-
 def start_backends(res: Resources) -> Path:
     """Control plane and containerd; returns the kubeconfig. The control plane comes up in its own process while
     containerd starts here: both take seconds."""
@@ -194,11 +173,6 @@ def start_backends(res: Resources) -> Path:
     if up.returncode != 0:
         raise RuntimeError(f"control plane did not come up:\n{stderr[-4000:]}")
     return kubeconfig_from(stdout)
-
-
-def control_plane_down(state: Path) -> None:
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(control_plane_command("down", state), check=False, timeout=60)
 
 
 # --- the processes under test --------------------------------------------------------------------------------

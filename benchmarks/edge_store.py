@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from benchmarks.support import log, table
 from common.logging import configure_logging
 from common.loop import loop_name, run
 from common.messages import Group, Message, ObjectUid, Operation, Resource, new_message
@@ -41,10 +42,6 @@ NODE = "edge-00000"
 FIRST_RV = 1_000_000  # integer resourceVersions, as etcd revisions; updates use FIRST_RV + rows + i
 T8_GOAL_RATIO = 0.5
 T8_ABSOLUTE_ROWS_PER_S = 20_000
-
-
-def log(text: str) -> None:
-    print(f"# {text}", file=sys.stderr, flush=True)
 
 
 # --- workload ----------------------------------------------------------------------------------------------
@@ -166,11 +163,6 @@ async def store_apply(store: MetaStore, message_batches: list[list[Message]], wh
 
 
 # --- main ---------------------------------------------------------------------------------------------------
-
-
-def table(rows: list[tuple[str, str]]) -> str:
-    width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
 
 def rate(value: float) -> str:

@@ -37,6 +37,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from benchmarks.support import cpu_seconds, runq_seconds, table
 from cloudcore.cloudhub import CloudHub, HubSettings
 from common.logging import configure_logging
 from common.loop import loop_name, run
@@ -49,7 +50,6 @@ from edgecore.edgehub import EdgeHub, EdgeHubSettings
 from edgecore.metamanager.store import MetaStore
 
 UIDS_PER_NODE = 200  # distinct objects each node's desired set cycles over
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CONTENTION_WARN_PCT = 10.0  # run-queue wait above this: other processes took our CPUs during the window
 
 
@@ -95,20 +95,6 @@ def vmrss_kib() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def runq_seconds(pid: int) -> float:
-    """Time the process's main thread spent runnable but waiting for a CPU (other processes had it)."""
-    try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def tcp_sockstat() -> dict[str, int]:
@@ -618,11 +604,6 @@ async def connections(args: argparse.Namespace, pki: Pki) -> dict[str, Any]:
 
 
 # --- output ------------------------------------------------------------------------------------------------
-
-
-def table(rows: list[tuple[str, str]]) -> str:
-    width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
 
 async def main_throughput(args: argparse.Namespace) -> None:
