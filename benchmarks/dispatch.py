@@ -48,10 +48,10 @@ from cloudcore.kube import Kube, KubeError
 from common.logging import configure_logging
 from common.loop import loop_name, run
 from common.messages import NodeName
-from common.pki import CertificateAuthority, cert_pem, write_pair
 from common.tls import client_context
 from edgecore.edgehub import EdgeHub, EdgeHubSettings
 from edgecore.metamanager.store import Change, MetaStore
+from tests.tunnel import Pki
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -112,29 +112,6 @@ def control_plane_pid(state: Path, name: str) -> int | None:
         return int((state / f"{name}.pid").read_text())
     except (OSError, ValueError):
         return None
-
-
-@dataclass(frozen=True)
-class Pki:
-    directory: Path
-    ca_file: Path
-    server_cert: Path
-    server_key: Path
-
-    @classmethod
-    def create(cls, directory: Path, nodes: list[str]) -> Pki:
-        """A CA, CloudCore's serving certificate and one client certificate per node, all as files (the edge
-        children load their contexts from them: keys do not cross process boundaries)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        ca = CertificateAuthority.create("kubage-bench-ca")
-        ca_file = directory / "ca.crt"
-        ca_file.write_bytes(cert_pem(ca.cert))
-        key, cert = ca.issue_server(["127.0.0.1", "localhost"])
-        server_cert, server_key = write_pair(directory, "server", key, cert)
-        for node in nodes:
-            key, cert = ca.issue_node(node)
-            write_pair(directory, f"node-{node}", key, cert)
-        return cls(directory, ca_file, server_cert, server_key)
 
 
 # --- cloudcore -----------------------------------------------------------------------------------------------
@@ -391,6 +368,15 @@ class EdgeProcess:
         self.conn.close()
 
 
+def node_pki(directory: Path, nodes: list[str]) -> Pki:
+    """Every node's certificate written up front: the edge children load theirs from files (keys do not cross
+    process boundaries)."""
+    pki = Pki(directory)
+    for node in nodes:
+        pki.node_files(node)
+    return pki
+
+
 def start_edges(args: argparse.Namespace, nodes: list[str], pki: Pki, port: int, workdir: Path) -> list[EdgeProcess]:
     ctx = multiprocessing.get_context("spawn")
     per = math.ceil(len(nodes) / args.processes)
@@ -533,7 +519,7 @@ def cpu_sample(pids: dict[str, list[int]]) -> dict[str, float]:
 async def bench(args: argparse.Namespace, workdir: Path, cp_dir: Path, kubeconfig: Path, res: Resources) -> int:
     nodes = [node_name(i) for i in range(args.nodes)]
     started = time.monotonic()
-    pki = await asyncio.to_thread(Pki.create, workdir / "pki", nodes)
+    pki = await asyncio.to_thread(node_pki, workdir / "pki", nodes)
     log(f"PKI with {len(nodes)} node certificates in {time.monotonic() - started:.1f}s")
 
     cloudcore = CloudCore(workdir, kubeconfig, pki, args.nodes, args.lease_interval)

@@ -29,7 +29,6 @@ import sqlite3
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -42,45 +41,18 @@ from cloudcore.cloudhub import CloudHub, HubSettings
 from common.logging import configure_logging
 from common.loop import loop_name, run
 from common.messages import DEFAULT_MAX_FRAME_BYTES, NodeName, ObjectUid
-from common.pki import CertificateAuthority, cert_pem, write_pair
 from common.protocol.downstream import DesiredObject
 from common.protocol.reliable import DEFAULT_WINDOW
-from common.tls import client_context, server_context
+from common.tls import server_context
 from edgecore.edgehub import EdgeHub, EdgeHubSettings
 from edgecore.metamanager.store import MetaStore
+from tests.tunnel import Pki
 
 UIDS_PER_NODE = 200  # distinct objects each node's desired set cycles over
 CONTENTION_WARN_PCT = 10.0  # run-queue wait above this: other processes took our CPUs during the window
 
 
 # --- PKI (the same few lines tests/tunnel.py uses) ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pki:
-    directory: Path
-    ca: CertificateAuthority
-    ca_file: Path
-    server_cert: Path
-    server_key: Path
-
-    @classmethod
-    def create(cls, directory: Path) -> Pki:
-        directory.mkdir(parents=True, exist_ok=True)
-        ca = CertificateAuthority.create("kubage-bench-ca")
-        ca_file = directory / "ca.crt"
-        ca_file.write_bytes(cert_pem(ca.cert))
-        key, cert = ca.issue_server(["127.0.0.1", "localhost"])
-        server_cert, server_key = write_pair(directory, "server", key, cert)
-        return cls(directory, ca, ca_file, server_cert, server_key)
-
-    def server_files(self) -> tuple[str, str, str]:
-        return str(self.server_cert), str(self.server_key), str(self.ca_file)
-
-    def node_context(self, node: str) -> Any:
-        key, cert = self.ca.issue_node(node)
-        cert_path, key_path = write_pair(self.directory, f"node-{node}", key, cert)
-        return client_context(cert_path, key_path, self.ca_file)
 
 
 # --- small helpers --------------------------------------------------------------------------------------------
@@ -244,7 +216,12 @@ async def raw_echo(args: argparse.Namespace, pki: Pki) -> dict[str, float]:
     parent, child = ctx.Pipe()
     process = ctx.Process(
         target=echo_child,
-        args=(child, pki.server_files(), args.warmup + args.seconds + 120, args.server_cpus),
+        args=(
+            child,
+            (str(pki.server_cert), str(pki.server_key), str(pki.ca_file)),
+            args.warmup + args.seconds + 120,
+            args.server_cpus,
+        ),
         name="bench-echo",
     )
     process.start()
@@ -454,7 +431,11 @@ def start_cloud(
         "lifetime": lifetime,
         "cpus": cpus,
     }
-    process = ctx.Process(target=cloud_child, args=(child, pki.server_files(), options), name="bench-cloudhub")
+    process = ctx.Process(
+        target=cloud_child,
+        args=(child, (str(pki.server_cert), str(pki.server_key), str(pki.ca_file)), options),
+        name="bench-cloudhub",
+    )
     process.start()
     child.close()  # ours: so that the child exiting means EOF here, not a wait for a timeout
     return process, parent
@@ -611,7 +592,7 @@ async def main_throughput(args: argparse.Namespace) -> None:
     fulls: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp:
         workdir = Path(tmp)
-        pki = Pki.create(workdir / "pki")
+        pki = Pki(workdir / "pki")
         for round_ in range(args.rounds):  # alternate, so that noise from other processes hits both alike
             raws.append(await raw_echo(args, pki))
             rundir = workdir / f"round-{round_}"
@@ -692,7 +673,7 @@ async def main_throughput(args: argparse.Namespace) -> None:
 
 async def main_connections(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp:
-        pki = Pki.create(Path(tmp) / "pki")
+        pki = Pki(Path(tmp) / "pki")
         result = await connections(args, pki)
     n = args.connections
     tcp_before, tcp_after = result["tcp_before"], result["tcp_after"]
