@@ -30,8 +30,9 @@ from edgecore.devicetwin import DeviceTwin
 from edgecore.eventbus import EventBus, EventBusSettings
 from edgecore.metamanager.store import MetaStore
 from tests.processes import free_port
+from tests.store import put
 from tests.tunnel import eventually, fast_backoff
-from tests.unit.devicetwin.objects import NAMESPACE, Upstream, put, thermometer, thermometer_model
+from tests.unit.devicetwin.objects import NAMESPACE, Upstream, thermometer, thermometer_model
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 T1 = f"{NAMESPACE}/t1"

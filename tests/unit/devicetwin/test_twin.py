@@ -3,8 +3,6 @@ tests/integration/test_devicetwin.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,7 +15,8 @@ from common.messages import Operation
 from edgecore.devicetwin import DeviceTwin
 from edgecore.devicetwin.values import InvalidValue, check_value, wire_value
 from edgecore.metamanager.store import Change, MetaStore
-from tests.unit.devicetwin.objects import NAMESPACE, NODE, Upstream, put, thermometer, thermometer_model
+from tests.store import put
+from tests.unit.devicetwin.objects import NAMESPACE, NODE, Upstream, thermometer, thermometer_model
 
 T1 = f"{NAMESPACE}/t1"
 
@@ -33,15 +32,6 @@ class Local:
 
     def on(self, topic: str) -> list[dict[str, Any]]:
         return [payload for t, payload in self.items if t == topic]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[MetaStore]:
-    s = await MetaStore.open(tmp_path / "edge.db")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture

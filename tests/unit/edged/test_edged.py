@@ -4,17 +4,15 @@ tests/integration/test_edge_pods.py runs real containers through containerd)."""
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from common.messages import Group, Operation, new_message
+from common.messages import Operation
 from edgecore.edged.edged import Edged
 from edgecore.edged.hollow import HollowRuntime
 from edgecore.edged.runtime import ContainerState
 from edgecore.metamanager.store import MetaStore
+from tests.store import put
 
 NODE = "edge-1"
 
@@ -30,36 +28,12 @@ class Published:
         return [c["status"] for k, _, c in self.items if k == f"podstatus/default/{name}"]
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[MetaStore]:
-    s = await MetaStore.open(tmp_path / "edge.db")
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 def pod(name: str, rv: int = 1, **spec: Any) -> dict[str, Any]:
     containers = spec.pop("containers", [{"name": "main", "image": "localhost/busybox:1.35"}])
     return {
         "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "resourceVersion": str(rv)},
         "spec": {"nodeName": NODE, "containers": containers, **spec},
     }
-
-
-async def put(store: MetaStore, kind: str, obj: dict[str, Any], operation: str = Operation.INSERT) -> None:
-    m = obj["metadata"]
-    message = new_message(
-        source="edgecontroller",
-        group=Group.RESOURCE,
-        operation=operation,
-        resource=f"{m.get('namespace', 'null')}/{kind}/{m['name']}",
-        content=obj,
-        now_ms=0,
-        resourceversion=m["resourceVersion"],
-    )
-    changes, rejected = await store.apply([message])
-    assert changes and not rejected
 
 
 def edged(store: MetaStore, runtime: HollowRuntime, published: Published, tmp_path: Path) -> Edged:
