@@ -6,7 +6,6 @@ the tunnel is cut arrive after it heals; a mosquitto restart is ridden out."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +13,14 @@ import pytest
 from pymodbus.server import ModbusTcpServer
 
 from cloudcore.kube import Kube
+from tests.devicesim import HOLDING, INPUT
 from tests.faultproxy import FaultProxy
-from tests.integration.test_mappers import HOLDING, INPUT, modbus_server, opcua  # noqa: F401 - opcua is a fixture
 from tests.mqtt import Mosquitto
-from tests.processes import CloudCoreProcess, EdgeCoreProcess, MapperProcess, free_port
+from tests.processes import CloudCoreProcess, EdgeCoreProcess, MapperProcess
 from tests.tunnel import Pki, eventually
 
 pytestmark = pytest.mark.kube
 DEVICES = "/apis/devices.kubeedge.io/v1beta1"
-
-
-@pytest.fixture
-async def plc() -> AsyncIterator[tuple[ModbusTcpServer, int]]:
-    port = free_port()
-    server = await modbus_server(port)
-    try:
-        yield server, port
-    finally:
-        await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves it unannotated
 
 
 def model(name: str, protocol: str, properties: list[dict[str, Any]]) -> dict[str, Any]:
@@ -64,22 +53,28 @@ async def reported(kube: Kube, namespace: str, name: str) -> dict[str, str]:
     return {t["propertyName"]: (t.get("reported") or {}).get("value", "") for t in status.get("twins") or []}
 
 
-async def test_modbus_and_virtual_devices_round_trip_through_the_cloud(
-    kube: Kube,
-    cloud: CloudCoreProcess,
-    mosquitto: Mosquitto,
-    plc: tuple[ModbusTcpServer, int],
-    pki: Pki,
-    tmp_path: Path,
-) -> None:
-    server, modbus_port = plc
-    await server.async_setValues(1, INPUT, 0, [234])
-    await server.async_setValues(1, HOLDING, 1, [215])
+async def namespace_and_edge_node(kube: Kube) -> tuple[str, str]:
+    """A fresh namespace and an edge Node (labelled as CloudCore watches for), both with unique names."""
     namespace, node = f"t-{uuid.uuid4().hex[:8]}", f"edge-{uuid.uuid4().hex[:6]}"
     await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
     await kube.request(
         "POST", "/api/v1/nodes", body={"metadata": {"name": node, "labels": {"node-role.kubernetes.io/edge": ""}}}
     )
+    return namespace, node
+
+
+async def test_modbus_and_virtual_devices_round_trip_through_the_cloud(
+    kube: Kube,
+    cloud: CloudCoreProcess,
+    mosquitto: Mosquitto,
+    modbus: tuple[ModbusTcpServer, int],
+    pki: Pki,
+    tmp_path: Path,
+) -> None:
+    server, modbus_port = modbus
+    await server.async_setValues(1, INPUT, 0, [234])
+    await server.async_setValues(1, HOLDING, 1, [215])
+    namespace, node = await namespace_and_edge_node(kube)
     objects = f"{DEVICES}/namespaces/{namespace}"
     await kube.request(
         "POST",
@@ -216,16 +211,12 @@ async def test_an_opcua_device_round_trips_through_the_cloud(
     kube: Kube,
     cloud: CloudCoreProcess,
     mosquitto: Mosquitto,
-    opcua: tuple[Any, str, dict[str, Any]],  # noqa: F811 - the fixture imported above
+    opcua: tuple[Any, str, dict[str, Any]],
     pki: Pki,
     tmp_path: Path,
 ) -> None:
     _, url, nodes = opcua
-    namespace, node = f"t-{uuid.uuid4().hex[:8]}", f"edge-{uuid.uuid4().hex[:6]}"
-    await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
-    await kube.request(
-        "POST", "/api/v1/nodes", body={"metadata": {"name": node, "labels": {"node-role.kubernetes.io/edge": ""}}}
-    )
+    namespace, node = await namespace_and_edge_node(kube)
     objects = f"{DEVICES}/namespaces/{namespace}"
     await kube.request(
         "POST",

@@ -21,11 +21,9 @@ from typing import Any
 
 import aiomqtt
 import orjson
-import pytest
 from asyncua import ua
 from asyncua.server.server import Server
 from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
 
 from common.devices import (
     member,
@@ -39,6 +37,7 @@ from common.devices import (
 from common.protocol.backoff import backoff_delays
 from mappers.sdk import Broker, MapperRunner, load_driver
 from mappers.sdk.runner import cancel_until_done
+from tests.devicesim import COIL, HOLDING, INPUT, modbus_server
 from tests.mqtt import Mosquitto
 from tests.processes import free_port, production_env
 
@@ -218,35 +217,6 @@ def task_stacks() -> str:
 # -- modbus -------------------------------------------------------------------------------------------------
 
 
-async def modbus_server(port: int) -> ModbusTcpServer:
-    """pymodbus's own TCP server: coils, discrete inputs, holding and input registers 0..15 of unit 1."""
-    unit = SimDevice(
-        id=1,
-        simdata=(
-            [SimData(0, values=[False] * 16, datatype=DataType.BITS)],
-            [SimData(0, values=[False] * 16, datatype=DataType.BITS)],
-            [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
-            [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
-        ),
-    )
-    server = ModbusTcpServer(unit, address=("127.0.0.1", port))
-    await server.serve_forever(background=True)
-    return server
-
-
-@pytest.fixture
-async def modbus() -> AsyncIterator[tuple[ModbusTcpServer, int]]:
-    port = free_port()
-    server = await modbus_server(port)
-    try:
-        yield server, port
-    finally:
-        await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves it unannotated
-
-
-HOLDING, INPUT, COIL = 3, 4, 1  # function codes, which pymodbus's datastore uses to name the tables
-
-
 def thermostat(name: str, port: int) -> Payload:
     return device(
         name,
@@ -372,30 +342,6 @@ async def test_membership_updates_add_and_remove_devices(
 
 
 # -- OPC UA -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def opcua() -> AsyncIterator[tuple[Server, str, dict[str, Any]]]:
-    """An asyncua server with a thermostat object: temperature (read-only), setpoint and enabled (writable)."""
-    url = f"opc.tcp://127.0.0.1:{free_port()}/kubage/"
-    server = Server()
-    await server.init()
-    server.set_endpoint(url)
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-    ns = await server.register_namespace("urn:kubage:test")
-    thermo = await server.nodes.objects.add_object(ns, "Thermostat")
-    nodes = {
-        "temperature": await thermo.add_variable(ns, "temperature", 21.5, ua.VariantType.Double),
-        "setpoint": await thermo.add_variable(ns, "setpoint", 20.0, ua.VariantType.Double),
-        "enabled": await thermo.add_variable(ns, "enabled", False, ua.VariantType.Boolean),
-    }
-    await nodes["setpoint"].set_writable()
-    await nodes["enabled"].set_writable()
-    await server.start()
-    try:
-        yield server, url, nodes
-    finally:
-        await server.stop()
 
 
 async def test_opcua_mapper_reads_nodes_and_writes_deltas(
