@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 
 from common import tokens
 from common.tls import valid_node_name
-
-
-def default_kubeconfig() -> str:
-    return os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+from keadm.paths import default_kubeconfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import ipaddress
 import json
-import os
 import re
 import sys
 import time
@@ -29,13 +28,12 @@ import aiohttp
 import yaml
 from kubernetes_asyncio.config import ConfigException
 
-from cloudcore.certs import CA_SECRET, CaSecretError, ensure_ca, load_ca
+from cloudcore.certs import CA_SECRET, NAMESPACE, CaSecretError, ensure_ca, load_ca
 from cloudcore.kube import Kube, KubeError
 from common.cli import package_version
 from common.logging import configure_logging
 from keadm import paths
 
-NAMESPACE = "kubeedge"
 FIELD_MANAGER = "keadm"
 APPLY_PATCH = "application/apply-patch+yaml"
 CRD_ESTABLISHED_TIMEOUT_S = 30.0
@@ -225,12 +223,6 @@ def _with_image(obj: Manifest, image: str) -> Manifest:
 # --- the cluster ------------------------------------------------------------------------------------------
 
 
-def default_kubeconfig() -> str:
-    """$KUBECONFIG (its first file, when it lists several), else ~/.kube/config, as kubectl looks."""
-    first = next((p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p), "")
-    return first or str(Path.home() / ".kube" / "config")
-
-
 async def connect(kubeconfig: str) -> Kube:
     """A client for the kubeconfig's cluster, after checking the API server answers at all."""
     if not await asyncio.to_thread(Path(kubeconfig).is_file):
@@ -301,7 +293,7 @@ async def wait_established(kube: Kube, names: list[str]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kube-config",
-        default=default_kubeconfig(),
+        default=paths.default_kubeconfig(),
         metavar="PATH",
         help="kubeconfig of the cluster to install into (default: $KUBECONFIG, else ~/.kube/config)",
     )

@@ -3,8 +3,15 @@ in tests and ``make demo``, where nothing is installed into systemd)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def default_kubeconfig() -> str:
+    """$KUBECONFIG (its first file, when it lists several), else ~/.kube/config, as kubectl looks."""
+    first = next((p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p), "")
+    return first or str(Path.home() / ".kube" / "config")
 
 
 def deploy_dir() -> Path | None:

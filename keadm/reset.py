@@ -22,8 +22,6 @@ from typing import Any
 
 from keadm.paths import EdgeLayout
 
-JOIN_TOKEN_SELECTOR = "app.kubernetes.io/component=join-token"  # noqa: S105 - a label selector
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -147,7 +145,8 @@ def _reset_cloud(kubeconfig: str) -> int:
 
 
 async def _delete_cloud(kubeconfig: str) -> int:
-    from cloudcore.certs import CA_SECRET  # noqa: PLC0415
+    from cloudcore.certs import CA_SECRET, NAMESPACE  # noqa: PLC0415
+    from cloudcore.certservice import RECORD_KIND, RECORD_LABEL  # noqa: PLC0415
     from cloudcore.kube import KubeError  # noqa: PLC0415
     from keadm import init  # noqa: PLC0415
 
@@ -174,11 +173,11 @@ async def _delete_cloud(kubeconfig: str) -> int:
         for obj in reversed(objects):
             if await delete(init.describe(obj), init.object_path(obj), [("propagationPolicy", "Background")]):
                 print(f"deleted {init.describe(obj)}")
-        secret = f"Secret {init.NAMESPACE}/{CA_SECRET}"
-        if await delete(secret, f"/api/v1/namespaces/{init.NAMESPACE}/secrets/{CA_SECRET}"):
+        secret = f"Secret {NAMESPACE}/{CA_SECRET}"
+        if await delete(secret, f"/api/v1/namespaces/{NAMESPACE}/secrets/{CA_SECRET}"):
             print(f"deleted {secret}")
-        tokens = f"/api/v1/namespaces/{init.NAMESPACE}/configmaps"
-        selector = [("labelSelector", JOIN_TOKEN_SELECTOR)]
+        tokens = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
+        selector = [("labelSelector", f"{RECORD_LABEL}={RECORD_KIND}")]
         listed = await init.guarded("listing join tokens", kube.request("GET", tokens, query=selector))
         count = len(listed.get("items") or [])
         await delete("join-token ConfigMaps", tokens, selector)
