@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -109,13 +110,27 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
         broker.stop()
 
 
-@pytest.fixture
-async def cloud(control_plane: ControlPlane, pki: Pki, tmp_path: Path) -> AsyncIterator[CloudCoreProcess]:
-    """The real ``cloudcore`` command against the session's API server, ready to serve edges."""
-    proc = CloudCoreProcess(tmp_path / "cloudcore", kubeconfig=control_plane.kubeconfig, pki=pki)
+@contextlib.asynccontextmanager
+async def serving(proc: CloudCoreProcess) -> AsyncIterator[CloudCoreProcess]:
     proc.start()
     try:
         await proc.wait_ready()
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture
+async def cloud(control_plane: ControlPlane, pki: Pki, tmp_path: Path) -> AsyncIterator[CloudCoreProcess]:
+    """The real ``cloudcore`` command against the session's API server, ready to serve edges."""
+    async with serving(CloudCoreProcess(tmp_path / "cloudcore", kubeconfig=control_plane.kubeconfig, pki=pki)) as proc:
+        yield proc
+
+
+@pytest.fixture
+async def cloud_from_secret(control_plane: ControlPlane, tmp_path: Path) -> AsyncIterator[CloudCoreProcess]:
+    """``cloudcore`` as deployed: no CA files, so its CA comes from the Secret kubeedge/casecret (created if
+    absent) and it runs the certificate service that ``keadm join`` uses."""
+    proc = CloudCoreProcess(tmp_path / "cloudcore", kubeconfig=control_plane.kubeconfig, pki=None)
+    async with serving(proc):
+        yield proc

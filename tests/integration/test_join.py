@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +54,6 @@ class JoinedEdge(Service):
 
     def settings(self) -> dict[str, Any]:
         return dict(yaml.safe_load(self.layout.config.read_text()))
-
-
-@pytest.fixture
-async def cloud(control_plane: ControlPlane, tmp_path: Path) -> AsyncIterator[CloudCoreProcess]:
-    proc = CloudCoreProcess(tmp_path / "cloudcore", kubeconfig=control_plane.kubeconfig, pki=None)
-    proc.start()
-    try:
-        await proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
 
 
 def join(cloud: CloudCoreProcess, root: Path, node: str, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -122,11 +110,11 @@ def start_edge(layout: EdgeLayout) -> JoinedEdge:
 
 
 async def test_join_gives_a_connected_node_with_a_certificate_for_its_own_name(
-    control_plane: ControlPlane, cloud: CloudCoreProcess, kube: Kube, tmp_path: Path
+    control_plane: ControlPlane, cloud_from_secret: CloudCoreProcess, kube: Kube, tmp_path: Path
 ) -> None:
     node = node_name()
     token = gettoken(control_plane, "--node", node, "--ttl", "10m")
-    out = join(cloud, tmp_path / "root", node, token, "--labels", "site=lab,tier=edge")
+    out = join(cloud_from_secret, tmp_path / "root", node, token, "--labels", "site=lab,tier=edge")
     assert out.returncode == 0, out.stderr
     assert "[1/4] CA pinned" in out.stdout and "[4/4]" in out.stdout
 
@@ -151,13 +139,13 @@ async def test_join_gives_a_connected_node_with_a_certificate_for_its_own_name(
     finally:
         edge.stop()
 
-    again = join(cloud, tmp_path / "root", node, token)
+    again = join(cloud_from_secret, tmp_path / "root", node, token)
     assert again.returncode == 1 and "already joined" in again.stderr
 
 
 @pytest.mark.parametrize("case", ["expired", "forged", "reused", "wrong-node", "wrong-ca"])
 async def test_bad_tokens_are_refused_and_leave_nothing_behind(
-    control_plane: ControlPlane, cloud: CloudCoreProcess, tmp_path: Path, case: str
+    control_plane: ControlPlane, cloud_from_secret: CloudCoreProcess, tmp_path: Path, case: str
 ) -> None:
     node = node_name()
     if case == "expired":
@@ -170,7 +158,7 @@ async def test_bad_tokens_are_refused_and_leave_nothing_behind(
         expected = "forged token"
     elif case == "reused":
         token = gettoken(control_plane, "--node", node, "--ttl", "10m")
-        first = join(cloud, tmp_path / "first", node, token)
+        first = join(cloud_from_secret, tmp_path / "first", node, token)
         assert first.returncode == 0, first.stderr
         expected = "token already used"
     elif case == "wrong-node":
@@ -180,7 +168,7 @@ async def test_bad_tokens_are_refused_and_leave_nothing_behind(
         token = "0" * 64 + "." + gettoken(control_plane).split(".", 1)[1]
         expected = "but the token pins"
     root = tmp_path / "root"
-    out = join(cloud, root, node, token)
+    out = join(cloud_from_secret, root, node, token)
     assert out.returncode == 1, out.stdout
     assert expected in out.stderr, out.stderr
     assert not (root / "etc" / "kubage").exists()
@@ -188,17 +176,17 @@ async def test_bad_tokens_are_refused_and_leave_nothing_behind(
 
 
 async def test_one_nodes_certificate_cannot_renew_as_another(
-    control_plane: ControlPlane, cloud: CloudCoreProcess, tmp_path: Path
+    control_plane: ControlPlane, cloud_from_secret: CloudCoreProcess, tmp_path: Path
 ) -> None:
     node = node_name()
-    assert join(cloud, tmp_path / "a", node, gettoken(control_plane, "--node", node)).returncode == 0
+    assert join(cloud_from_secret, tmp_path / "a", node, gettoken(control_plane, "--node", node)).returncode == 0
     layout = EdgeLayout(tmp_path / "a")
     ca_pem = layout.ca_file.read_bytes()
 
     async def renew(as_node: str) -> bytes:
         return await request_certificate(
             "127.0.0.1",
-            cloud.cert_port,
+            cloud_from_secret.cert_port,
             node=as_node,
             csr_pem=new_csr(new_key(), as_node),
             ca_pem=ca_pem,
@@ -222,7 +210,7 @@ async def test_one_nodes_certificate_cannot_renew_as_another(
     issued = x509.load_pem_x509_certificate(
         await request_certificate(
             "127.0.0.1",
-            cloud.cert_port,
+            cloud_from_secret.cert_port,
             node=other,
             csr_pem=greedy,
             ca_pem=ca_pem,
@@ -234,7 +222,7 @@ async def test_one_nodes_certificate_cannot_renew_as_another(
         issued.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     with pytest.raises(CertServiceError, match="401: no join token"):
         await request_certificate(
-            "127.0.0.1", cloud.cert_port, node="victim", csr_pem=new_csr(new_key(), "victim"), ca_pem=ca_pem
+            "127.0.0.1", cloud_from_secret.cert_port, node="victim", csr_pem=new_csr(new_key(), "victim"), ca_pem=ca_pem
         )
 
 
@@ -323,8 +311,8 @@ async def test_replicas_starting_together_create_one_ca(control_plane: ControlPl
     assert {ca.fingerprint for ca in cas} == {stored.fingerprint}
 
 
-def test_the_serving_certificate_names_every_address_edges_dial(cloud: CloudCoreProcess) -> None:
-    cert = x509.load_pem_x509_certificate((cloud.workdir / "certs" / "server.crt").read_bytes())
+def test_the_serving_certificate_names_every_address_edges_dial(cloud_from_secret: CloudCoreProcess) -> None:
+    cert = x509.load_pem_x509_certificate((cloud_from_secret.workdir / "certs" / "server.crt").read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} >= {"127.0.0.1"}
     assert {"localhost", socket.gethostname()} <= set(names.get_values_for_type(x509.DNSName))
