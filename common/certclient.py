@@ -115,21 +115,9 @@ def _parse(where: str, response: bytes) -> bytes:
     if not sep or len(parts) < 2 or not parts[1].isdigit():
         raise CertServiceError(f"{where}: not an HTTP response: {status_line[:80]!r}")
     status = int(parts[1])
-    if b"transfer-encoding: chunked" in head.lower():
-        body = _unchunk(body)
+    if b"transfer-encoding: chunked" in head.lower():  # the certificate service always sends a length
+        raise CertServiceError(f"{where}: chunked responses are not expected from the certificate service")
     if status != 200:
         reason = body.decode(errors="replace").strip() or status_line
         raise CertServiceError(f"{where}: {status}: {reason}", status)
     return body
-
-
-def _unchunk(body: bytes) -> bytes:
-    out = b""
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        body = rest[size + 2 :]
-    return out
