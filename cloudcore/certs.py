@@ -10,9 +10,10 @@ so no replica can be left holding a CA the others do not (KubeEdge's #5922).
 from __future__ import annotations
 
 import base64
+import contextlib
 from pathlib import Path
 
-from cloudcore.kube import Kube, KubeError
+from cloudcore.kube import Conflict, Kube
 from common.logging import get_logger
 from common.pki import CertificateAuthority, write_pair
 
@@ -25,25 +26,19 @@ CA_DAYS = 36500  # as KubeEdge: rotating the root means re-joining every node
 
 
 async def ensure_namespace(kube: Kube, namespace: str = NAMESPACE) -> None:
-    try:
+    with contextlib.suppress(Conflict):  # it exists
         await kube.request(
             "POST",
             "/api/v1/namespaces",
             body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
         )
-    except KubeError as exc:
-        if exc.status != 409:
-            raise
 
 
 async def load_ca(kube: Kube, namespace: str = NAMESPACE) -> CertificateAuthority | None:
     """The CA in the Secret, or None when there is no Secret yet."""
-    try:
-        secret = await kube.get(f"/api/v1/namespaces/{namespace}/secrets/{CA_SECRET}")
-    except KubeError as exc:
-        if exc.status == 404:
-            return None
-        raise
+    secret = await kube.get_or_none(f"/api/v1/namespaces/{namespace}/secrets/{CA_SECRET}")
+    if secret is None:
+        return None
     data = secret.get("data") or {}
     try:
         return CertificateAuthority.from_pem(base64.b64decode(data["cadata"]), base64.b64decode(data["cakeydata"]))
@@ -70,9 +65,7 @@ async def ensure_ca(kube: Kube, namespace: str = NAMESPACE) -> CertificateAuthor
     }
     try:
         await kube.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body=body)
-    except KubeError as exc:
-        if exc.status != 409:
-            raise
+    except Conflict as exc:
         winner = await load_ca(kube, namespace)  # another replica created it first: use theirs
         if winner is None:
             raise CaSecretError(f"secret {namespace}/{CA_SECRET} conflicted on create but cannot be read") from exc

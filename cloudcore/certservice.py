@@ -28,7 +28,7 @@ from aiohttp import web
 from cryptography import x509
 
 from cloudcore.certs import NAMESPACE
-from cloudcore.kube import Kube, KubeError
+from cloudcore.kube import Conflict, Kube, KubeError
 from common.logging import get_logger
 from common.pki import CertificateAuthority, CsrError, cert_pem
 from common.tls import IdentityError, node_name_from_peercert, valid_node_name
@@ -160,9 +160,9 @@ class CertService:
         }
         try:
             await self._kube.request("POST", f"/api/v1/namespaces/{self.namespace}/configmaps", body=body)
+        except Conflict:
+            raise Refused(403, f"token already used (it was bound to node {node!r} and works once)") from None
         except KubeError as exc:
-            if exc.status == 409:
-                raise Refused(403, f"token already used (it was bound to node {node!r} and works once)") from None
             raise Refused(503, f"cannot record the token's use: {exc}") from None
 
     async def _forget_expired_tokens(self) -> None:

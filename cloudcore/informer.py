@@ -12,9 +12,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import aiohttp
-
-from cloudcore.kube import Kube, KubeError
+from cloudcore.kube import Gone, Kube, KubeError, NotFound
 from common.logging import get_logger
 from common.protocol.backoff import backoff_delays
 
@@ -67,18 +65,18 @@ class Informer:
                 delays = self._delays()
                 while True:
                     await self._watch()  # returns when the server ends the watch; continue from the last rv
-            except KubeError as exc:
-                if exc.status == 410:
-                    log.info("watch_expired", informer=self.name, rv=self.resource_version)
-                    self.relists += 1
-                    continue  # the rv is too old: relist at once
-                if exc.status == 404 and not self.synced.is_set():
+            except Gone:
+                log.info("watch_expired", informer=self.name, rv=self.resource_version)
+                self.relists += 1
+                continue  # the rv is too old: relist at once
+            except NotFound as exc:
+                if not self.synced.is_set():
                     # The resource is not served (its CRD is not installed): nothing to cache yet, and
                     # nothing that waits for the caches should wait for this one. Look again later.
                     log.warning("resource_not_installed", informer=self.name, path=self._path)
                     self.synced.set()
                 self._restarted(exc)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except KubeError as exc:
                 self._restarted(exc)
             await asyncio.sleep(next(delays))
 

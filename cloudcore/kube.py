@@ -1,50 +1,160 @@
-"""A thin raw-JSON client over kubernetes_asyncio's ApiClient.
+"""A thin raw-JSON client over kubernetes_asyncio's ApiClient, and the one error family it raises.
 
 Controllers work on plain dicts exactly as the API server sends them (what goes down the tunnel is that
 JSON), so responses are not turned into generated model objects, which would cost time and lose fields.
 kubernetes_asyncio still does what it is good at: kubeconfig and in-cluster credentials, TLS, token refresh.
+
+Errors are grouped by what the caller should do, converted here and nowhere else::
+
+    KubeError                   anything this client raises
+    ├── ApiError                the API server answered with an error status (``status``, ``reason``)
+    │   ├── ClientError         4xx: the request is wrong for the server's current state
+    │   │   ├── Invalid         400, 422: the object or the request does not validate
+    │   │   ├── Forbidden       403: the credentials may not do this
+    │   │   ├── NotFound        404
+    │   │   ├── Conflict        409: already exists, or a resourceVersion/UID precondition failed
+    │   │   ├── Gone            410: the resourceVersion to watch from is too old; relist
+    │   │   └── TooManyRequests 429: the server is shedding load; retry later
+    │   └── ServerError         5xx: retry later
+    └── KubeUnavailable         no answer at all (connection refused, TLS, timeout); retry later
+
+``retryable(exc)`` says whether trying the same request again later may succeed.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 from kubernetes_asyncio import client, config
 
+from common.protocol.ratelimit import TokenBucket
+
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+T = TypeVar("T")
 
 
 class KubeError(Exception):
-    """The API server refused a request; ``status`` is the HTTP status (404, 409, 410, 422, ...)."""
+    """Anything the client raises: a refusal by the API server, or no answer from it."""
+
+
+class KubeUnavailable(KubeError):
+    """The API server could not be reached or did not answer in time; the cause is chained."""
+
+
+class ApiError(KubeError):
+    """The API server refused a request; ``status`` is the HTTP status, ``reason`` the Status reason."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
+        self.message = message
+
+
+class ClientError(ApiError):
+    """4xx: the same request would get the same answer (except TooManyRequests)."""
+
+
+class Invalid(ClientError):
+    """400 or 422: the request or the object does not validate."""
+
+
+class Forbidden(ClientError):
+    """403: the credentials are not allowed to do this."""
+
+
+class NotFound(ClientError):
+    """404."""
+
+
+class Conflict(ClientError):
+    """409: the object already exists, or a resourceVersion or UID precondition failed."""
+
+
+class Gone(ClientError):
+    """410: the resourceVersion is too old to watch from; list again."""
+
+
+class TooManyRequests(ClientError):
+    """429: the API server is shedding load; try again later."""
+
+
+class ServerError(ApiError):
+    """5xx: the API server failed; try again later."""
+
+
+_BY_STATUS: dict[int, type[ClientError]] = {
+    400: Invalid,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    410: Gone,
+    422: Invalid,
+    429: TooManyRequests,
+}
+
+
+def api_error(status: int, reason: str, message: str) -> ApiError:
+    """The error for an HTTP status: the most specific class there is for it."""
+    if status >= 500:
+        return ServerError(status, reason, message)
+    return _BY_STATUS.get(status, ClientError)(status, reason, message)
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether the same request may succeed later: no answer, 5xx, or 429."""
+    return isinstance(exc, KubeUnavailable | ServerError | TooManyRequests)
+
+
+async def _answered(call: Awaitable[T], what: str) -> T:
+    """``call``'s result; a transport failure becomes KubeUnavailable, chained."""
+    try:
+        return await call
+    except TRANSPORT_ERRORS as exc:
+        raise KubeUnavailable(f"{what}: {exc or type(exc).__name__}") from exc
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, *, qps: float | None = None, burst: int = 1) -> None:
         self.api = api
+        self._limiter = TokenBucket(rate=qps, burst=burst, now=0.0) if qps is not None else None
 
     @classmethod
-    async def connect(cls, kubeconfig: str = "") -> Kube:
-        """From a kubeconfig file, or from the in-cluster service account when ``kubeconfig`` is empty."""
+    async def connect(cls, kubeconfig: str = "", *, master: str = "", qps: float | None = None, burst: int = 1) -> Kube:
+        """From a kubeconfig file, or from the in-cluster service account when ``kubeconfig`` is empty.
+
+        ``master`` replaces the API server address either gives; ``qps`` and ``burst`` limit the request rate
+        on this side, as client-go does (None: no limit)."""
         configuration = client.Configuration()
         if kubeconfig:
             await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         else:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        if master:
+            configuration.host = master.rstrip("/")
         configuration.connection_pool_maxsize = 64
-        return cls(client.ApiClient(configuration))
+        return cls(client.ApiClient(configuration), qps=qps, burst=burst)
+
+    @property
+    def host(self) -> str:
+        return str(self.api.configuration.host)
 
     async def close(self) -> None:
         await self.api.close()
+
+    async def _wait_turn(self) -> None:
+        if self._limiter is not None:
+            delay = self._limiter.reserve(asyncio.get_running_loop().time())
+            if delay > 0:
+                await asyncio.sleep(delay)
 
     async def _call(
         self,
@@ -56,25 +166,33 @@ class Kube:
         content_type: str = JSON,
         request_timeout: float | None = 30.0,
     ) -> aiohttp.ClientResponse:
-        response: aiohttp.ClientResponse = await self.api.call_api(
-            path,
-            method,
-            query_params=query or [],
-            header_params={"Accept": JSON, "Content-Type": content_type},
-            body=body,  # the REST client serializes it for every JSON content type
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _return_http_data_only=True,
-            _request_timeout=request_timeout,
+        await self._wait_turn()
+        response: aiohttp.ClientResponse = await _answered(
+            self.api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params={"Accept": JSON, "Content-Type": content_type},
+                body=body,  # the REST client serializes it for every JSON content type
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=request_timeout,
+            ),
+            f"{method} {path}",
         )
         if response.status >= 300:
-            raw = await response.read()
-            response.release()
+            try:
+                raw = await _answered(response.read(), f"{method} {path}")
+            finally:
+                response.release()
             try:
                 status = orjson.loads(raw)
-                raise KubeError(response.status, str(status.get("reason", "")), str(status.get("message", raw[:200])))
             except orjson.JSONDecodeError:
-                raise KubeError(response.status, response.reason or "", raw[:200].decode(errors="replace")) from None
+                raise api_error(response.status, response.reason or "", raw[:200].decode(errors="replace")) from None
+            if not isinstance(status, dict):
+                status = {}
+            raise api_error(response.status, str(status.get("reason", "")), str(status.get("message", raw[:200])))
         return response
 
     async def request(
@@ -88,12 +206,19 @@ class Kube:
     ) -> Any:
         response = await self._call(method, path, query=query, body=body, content_type=content_type)
         try:
-            return orjson.loads(await response.read())
+            return orjson.loads(await _answered(response.read(), f"{method} {path}"))
         finally:
             response.release()
 
     async def get(self, path: str) -> Any:
         return await self.request("GET", path)
+
+    async def get_or_none(self, path: str) -> Any:
+        """The object, or None when it does not exist."""
+        try:
+            return await self.get(path)
+        except NotFound:
+            return None
 
     async def list_all(self, path: str, *, query: list[tuple[str, Any]] | None = None) -> tuple[list[Any], str]:
         """All items (following ``continue``) and the list's resourceVersion to watch from."""
@@ -116,7 +241,7 @@ class Kube:
         timeout_seconds: int = 300,
     ) -> AsyncIterator[dict[str, Any]]:
         """Watch events (``{"type", "object"}``) from ``resource_version``, with bookmarks, until the server ends
-        the watch after ``timeout_seconds``. An expired resourceVersion raises ``KubeError(410)``."""
+        the watch after ``timeout_seconds``. An expired resourceVersion raises ``Gone``."""
         params = [
             *(query or []),
             ("watch", "true"),
@@ -126,13 +251,18 @@ class Kube:
         ]
         response = await self._call("GET", path, query=params, request_timeout=timeout_seconds + 30)
         try:
-            async for line in response.content:
+            lines = response.content.__aiter__()
+            while True:
+                try:
+                    line = await _answered(lines.__anext__(), f"watch {path}")
+                except StopAsyncIteration:
+                    return
                 if not line.strip():
                     continue
                 event: dict[str, Any] = orjson.loads(line)
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}
-                    raise KubeError(
+                    raise api_error(
                         int(status.get("code", 500)), str(status.get("reason", "")), str(status.get("message", ""))
                     )
                 yield event

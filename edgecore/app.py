@@ -137,9 +137,7 @@ async def build(
         # on one connection made COMMIT fail ("SQL statements in progress") and stopped EdgeCore.
         twin_store = await MetaStore.open(data_source)
         closing.append(twin_store)
-        twin = DeviceTwin(
-            node_name=node, store=twin_store, publish_upstream=hub.publish_many, publish_local=bus.publish
-        )
+        twin = DeviceTwin(node_name=node, store=twin_store, publish_upstream=hub.publish, publish_local=bus.publish)
         bus.set_handler(twin.submit)
         bus.add_connection_listener(twin.on_bus_connection)
         hub.add_change_listener(twin.on_changes)

@@ -51,7 +51,7 @@ class GetTokenError(Exception):
 async def _token(kubeconfig: str, ttl: float, node: str | None) -> str:
     # Imported here: the cloud side's code is not needed by the other subcommands.
     from cloudcore.certs import CA_SECRET, NAMESPACE, CaSecretError, load_ca  # noqa: PLC0415
-    from cloudcore.kube import Kube, KubeError  # noqa: PLC0415
+    from cloudcore.kube import Kube, KubeError, KubeUnavailable  # noqa: PLC0415
 
     try:
         kube = await Kube.connect(kubeconfig)
@@ -59,12 +59,12 @@ async def _token(kubeconfig: str, ttl: float, node: str | None) -> str:
         raise GetTokenError(f"cannot use kubeconfig {kubeconfig}: {exc}") from exc
     try:
         ca = await load_ca(kube)
+    except KubeUnavailable as exc:
+        raise GetTokenError(f"cannot reach the API server of {kubeconfig}: {exc}") from exc
     except KubeError as exc:
         raise GetTokenError(f"cannot read secret {NAMESPACE}/{CA_SECRET}: {exc}") from exc
     except CaSecretError as exc:
         raise GetTokenError(str(exc)) from exc
-    except OSError as exc:
-        raise GetTokenError(f"cannot reach the API server of {kubeconfig}: {exc}") from exc
     finally:
         await kube.close()
     if ca is None:

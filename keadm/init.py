@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import yaml
 from kubernetes_asyncio.config import ConfigException
 
 from cloudcore.certs import CA_SECRET, NAMESPACE, CaSecretError, ensure_ca, load_ca
-from cloudcore.kube import Kube, KubeError
+from cloudcore.kube import Conflict, Forbidden, Kube, KubeError, KubeUnavailable
 from common.cli import package_version
 from common.logging import configure_logging
 from keadm import paths
@@ -231,15 +230,14 @@ async def connect(kubeconfig: str) -> Kube:
         kube = await Kube.connect(kubeconfig)
     except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
         raise StepError(f"kubeconfig {kubeconfig} cannot be used: {exc}") from None
-    host = kube.api.configuration.host
     try:
         await kube.get("/version")
+    except KubeUnavailable as exc:
+        await kube.close()
+        raise StepError(f"cannot reach the API server at {kube.host}: {exc}") from None
     except KubeError as exc:
         await kube.close()
-        raise StepError(f"the API server at {host} refused the request: {exc}") from None
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        await kube.close()
-        raise StepError(f"cannot reach the API server at {host}: {exc or type(exc).__name__}") from None
+        raise StepError(f"the API server at {kube.host} refused the request: {exc}") from None
     return kube
 
 
@@ -247,17 +245,17 @@ async def guarded(what: str, call: Awaitable[T]) -> T:
     """``call``, with any API or connection failure turned into one line naming ``what`` failed."""
     try:
         return await call
+    except Forbidden as exc:
+        raise StepError(f"{what}: forbidden: {exc}") from None
+    except Conflict as exc:
+        raise StepError(
+            f"{what}: conflict: {exc}. Another field manager changed a field keadm sets; "
+            "rerun with --force to take it back"
+        ) from None
+    except KubeUnavailable as exc:
+        raise StepError(f"{what}: lost the API server: {exc}") from None
     except KubeError as exc:
-        if exc.status == 403:
-            raise StepError(f"{what}: forbidden: {exc}") from None
-        if exc.status == 409:
-            raise StepError(
-                f"{what}: conflict: {exc}. Another field manager changed a field keadm sets; "
-                "rerun with --force to take it back"
-            ) from None
         raise StepError(f"{what}: {exc}") from None
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise StepError(f"{what}: lost the API server: {exc or type(exc).__name__}") from None
 
 
 async def apply(kube: Kube, obj: Manifest, *, force: bool, dry_run: bool = False) -> Any:

@@ -147,7 +147,7 @@ def _reset_cloud(kubeconfig: str) -> int:
 async def _delete_cloud(kubeconfig: str) -> int:
     from cloudcore.certs import CA_SECRET, NAMESPACE  # noqa: PLC0415
     from cloudcore.certservice import RECORD_KIND, RECORD_LABEL  # noqa: PLC0415
-    from cloudcore.kube import KubeError  # noqa: PLC0415
+    from cloudcore.kube import NotFound  # noqa: PLC0415
     from keadm import init  # noqa: PLC0415
 
     # What keadm init applied, from the same manifests, in reverse: the Deployment goes first, so its pods are
@@ -160,10 +160,8 @@ async def _delete_cloud(kubeconfig: str) -> int:
         """DELETE; False when there was nothing to delete (a second reset, or a partial install)."""
         try:
             await kube.request("DELETE", path, query=query)
-        except KubeError as exc:
-            if exc.status == 404:
-                return False
-            raise
+        except NotFound:
+            return False
         return True
 
     async def delete(what: str, path: str, query: list[tuple[str, Any]] | None = None) -> bool:

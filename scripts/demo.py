@@ -41,7 +41,7 @@ from typing import Any, cast
 
 import yaml
 
-from cloudcore.kube import Kube, KubeError
+from cloudcore.kube import Conflict, Kube
 from keadm.paths import EdgeLayout
 from tests.containerd import BUSYBOX_IMAGE, Containerd
 from tests.containerd import start as start_containerd
@@ -503,19 +503,16 @@ class Demo:
             await self.until(self._node_ready)
 
     async def _node_ready(self) -> bool:
-        try:
-            node = await self.api().get(f"/api/v1/nodes/{NODE}")
-        except KubeError as exc:
-            if exc.status == 404:
-                return False
-            raise
+        node = await self.api().get_or_none(f"/api/v1/nodes/{NODE}")
+        if node is None:
+            return False
         conditions = (node.get("status") or {}).get("conditions") or []
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
     async def pod(self) -> None:
         p = self.progress
         async with p.step(f"a busybox pod bound to {NODE}", 120, [self.logs / "edgecore.log"]):
-            with contextlib.suppress(KubeError):  # 409: left from an earlier run of the same control plane
+            with contextlib.suppress(Conflict):  # left from an earlier run of the same control plane
                 await self.api().request("POST", "/api/v1/namespaces", body={"metadata": {"name": NAMESPACE}})
             created = await self.api().request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", body=pod_manifest())
             self.pod_uid = created["metadata"]["uid"]

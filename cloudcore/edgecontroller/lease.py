@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-import aiohttp
-
 from cloudcore.cloudhub import CloudHub
-from cloudcore.kube import MERGE_PATCH, Kube, KubeError
+from cloudcore.kube import MERGE_PATCH, Kube, KubeError, NotFound
 from common.logging import get_logger
 from common.messages import NodeName
 
@@ -43,8 +41,8 @@ class LeaseRenewer:
             async with gate:
                 try:
                     await self.renew(node)
-                except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    log.warning("lease_renewal_failed", node=node, error=str(exc) or type(exc).__name__)
+                except KubeError as exc:
+                    log.warning("lease_renewal_failed", node=node, error=str(exc))
 
         while True:
             started = asyncio.get_running_loop().time()
@@ -56,9 +54,7 @@ class LeaseRenewer:
         path = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
         try:
             await self._kube.request("PATCH", f"{path}/{node}", body={"spec": spec}, content_type=MERGE_PATCH)
-        except KubeError as exc:
-            if exc.status != 404:
-                raise
+        except NotFound:
             await self._kube.request(
                 "POST",
                 path,

@@ -1,26 +1,31 @@
-"""What edges send up: node registration and status, pod status, pod deletion, and queries.
+"""What edges send up: node registration and status, pod status, pod deletion, device twins, and queries.
 
-Every request is checked against the sending node (from its certificate): a node may register and update
-only itself, report status only for pods bound to it, and read only the configmaps and secrets its pods
-use. Anything else is refused and logged with the node's name. Transient API server errors are retried
-with backoff while the session lasts (the edge's outbox keeps the message until it is acked); permanent
-refusals are logged and dropped.
+Every message is parsed by the one contract (``common.upstream.parse``) before anything happens; what it
+refuses is logged with the node and the reason. Every request is then checked against the sending node (from
+its certificate): a node may register and update only itself, report status only for pods bound to it, and
+read only the configmaps and secrets its pods use. Anything else is refused and logged with the node's name.
+
+API failures are retried per message with backoff while they may pass (``retryable``: no answer, 5xx, 429),
+at most ``attempts`` times, so one message the API server keeps failing does not hold up the node's later
+messages for ever; other refusals are logged and dropped. Nodes are served independently (one consumer per
+session), so a slow request for one node never delays another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
 
 from cloudcore.cloudhub import CloudHub
 from cloudcore.edgecontroller.placement import EDGE_LABEL, Placement
-from cloudcore.kube import MERGE_PATCH, STRATEGIC_PATCH, Kube, KubeError
+from cloudcore.kube import MERGE_PATCH, STRATEGIC_PATCH, ApiError, Conflict, Kube, KubeError, NotFound, retryable
+from common import upstream as contract
 from common.logging import get_logger
-from common.messages import Group, Message, MessageError, NodeName, ObjectUid, Operation, Resource, new_message
+from common.messages import Group, Message, NodeName, ObjectUid, Operation, new_message
 from common.protocol.backoff import backoff_delays
 
 log = get_logger(__name__)
@@ -31,6 +36,15 @@ DEVICES = "/apis/devices.kubeedge.io/v1beta1"
 
 class Refused(Exception):
     """The node asked for something it is not allowed to; the message says what."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often one upstream message is tried while the API server fails it in a way that may pass."""
+
+    attempts: int = 6
+    initial_delay: float = 0.2
+    max_delay: float = 5.0
 
 
 def now_rfc3339() -> str:
@@ -51,13 +65,24 @@ def keep_transition_times(new: list[dict[str, Any]], old: list[dict[str, Any]]) 
 
 
 class Upstream:
-    def __init__(self, *, kube: Kube, hub: CloudHub, placement: Placement, now_ms: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        hub: CloudHub,
+        placement: Placement,
+        now_ms: Callable[[], int],
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self._kube = kube
         self._hub = hub
         self._placement = placement
         self._now_ms = now_ms
+        self._retry = retry or RetryPolicy()
         self.handled = 0
         self.refused = 0
+        self.malformed = 0
+        self.gave_up = 0  # messages dropped after every attempt failed
         # The newest device status this replica wrote, by "ns/name": the watch may not have brought it back
         # yet, and twins are merged into the whole list.
         self._device_status: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -65,92 +90,94 @@ class Upstream:
     async def __call__(self, node: NodeName, message: Message) -> None:
         route = message.route
         try:
-            resource = Resource.parse(route.resource)
-        except MessageError:
-            log.warning("upstream_unknown", node=node, operation=route.operation, resource=route.resource)
-            return
-        handler = self._handler(route.operation, resource.type)
-        if handler is None:
-            log.warning("upstream_unknown", node=node, operation=route.operation, resource=route.resource)
+            request = contract.parse(message)
+        except contract.UpstreamError as exc:
+            self.malformed += 1
+            log.warning(
+                "upstream_rejected", node=node, operation=route.operation, resource=route.resource, reason=str(exc)
+            )
+            if route.operation == Operation.QUERY:
+                await self._respond(node, message, {"error": str(exc)})
             return
         try:
-            await self._retrying(lambda: handler(node, resource, message))
+            await self._retrying(node, message, lambda: self._dispatch(node, request, message))
             self.handled += 1
         except Refused as exc:
             self.refused += 1
             log.warning(
                 "request_refused", node=node, operation=route.operation, resource=route.resource, reason=str(exc)
             )
-            if route.operation == Operation.QUERY:
+            if isinstance(request, contract.Query):
                 await self._respond(node, message, {"error": str(exc)})
 
-    def _handler(self, operation: str, kind: str) -> Callable[[NodeName, Resource, Message], Awaitable[None]] | None:
-        handlers: dict[tuple[str, str], Callable[[NodeName, Resource, Message], Awaitable[None]]] = {
-            (Operation.INSERT, "node"): self._register,
-            (Operation.UPDATE, "node"): self._register,
-            (Operation.UPDATE, "nodestatus"): self._node_status,
-            (Operation.UPDATE, "podstatus"): self._pod_status,
-            (Operation.DELETE, "pod"): self._pod_deleted,
-            (Operation.QUERY, "configmap"): self._query,
-            (Operation.QUERY, "secret"): self._query,
-            (Operation.QUERY, "pod"): self._query,
-            (Operation.QUERY, "node"): self._query,
-            (Operation.UPDATE, "devicetwin"): self._device_twins,
-            (Operation.UPDATE, "devicestate"): self._device_state,
-        }
-        return handlers.get((operation, kind))
+    async def _dispatch(self, node: NodeName, request: contract.Request, message: Message) -> None:
+        match request:
+            case contract.NodeRegistration():
+                await self._register(node, request)
+            case contract.NodeStatus():
+                await self._node_status(node, request)
+            case contract.PodStatus():
+                await self._pod_status(node, request)
+            case contract.PodDeleted():
+                await self._pod_deleted(node, request)
+            case contract.TwinReported():
+                await self._device_twins(node, request)
+            case contract.DeviceState():
+                await self._device_state(node, request)
+            case contract.Query():
+                await self._query(node, request, message)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[None]]) -> None:
-        delays = backoff_delays(initial=0.2, cap=5.0)
-        while True:
+    async def _retrying(self, node: NodeName, message: Message, attempt: Callable[[], Awaitable[None]]) -> None:
+        policy = self._retry
+        delays = backoff_delays(initial=policy.initial_delay, cap=policy.max_delay)
+        for tried in range(1, policy.attempts + 1):
             try:
                 await attempt()
             except KubeError as exc:
-                if exc.status < 500 and exc.status != 429:
-                    log.warning("upstream_rejected_by_api", status=exc.status, error=str(exc))
+                if not retryable(exc):
+                    status = exc.status if isinstance(exc, ApiError) else None
+                    log.warning("upstream_rejected_by_api", node=node, status=status, error=str(exc))
                     return  # permanent: retrying would get the same answer
-                log.info("api_unavailable", error=str(exc))
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.info("api_unavailable", error=str(exc) or type(exc).__name__)
+                if tried == policy.attempts:
+                    self.gave_up += 1
+                    log.error(  # noqa: TRY400 - the API's answer is the story, not our stack
+                        "upstream_gave_up",
+                        node=node,
+                        operation=message.route.operation,
+                        resource=message.route.resource,
+                        attempts=tried,
+                        error=str(exc),
+                    )
+                    return
+                log.info("api_unavailable", node=node, attempt=tried, error=str(exc))
             else:
                 return
             await asyncio.sleep(next(delays))
 
     # --- nodes -------------------------------------------------------------------------------------------
 
-    async def _register(self, node: NodeName, resource: Resource, message: Message) -> None:
-        if resource.name != node:
-            raise Refused(f"node {node!r} may not register node {resource.name!r}")
-        content = message.content if isinstance(message.content, dict) else {}
-        labels = {**((content.get("metadata") or {}).get("labels") or {}), EDGE_LABEL: ""}
+    async def _register(self, node: NodeName, request: contract.NodeRegistration) -> None:
+        if request.name != node:
+            raise Refused(f"node {node!r} may not register node {request.name!r}")
+        labels = {**request.labels, EDGE_LABEL: ""}
         try:
             await self._kube.request(
                 "POST",
                 "/api/v1/nodes",
-                body={
-                    "apiVersion": "v1",
-                    "kind": "Node",
-                    "metadata": {"name": node, "labels": labels},
-                },
+                body={"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels}},
             )
             log.info("node_registered", node=node)
-        except KubeError as exc:
-            if exc.status != 409:
-                raise
+        except Conflict:
             await self._kube.request(
                 "PATCH", f"/api/v1/nodes/{node}", body={"metadata": {"labels": labels}}, content_type=STRATEGIC_PATCH
             )
-        if isinstance(content.get("status"), dict):
-            await self._patch_node_status(node, content["status"])
+        if request.status is not None:
+            await self._patch_node_status(node, request.status)
 
-    async def _node_status(self, node: NodeName, resource: Resource, message: Message) -> None:
-        if resource.name != node:
-            raise Refused(f"node {node!r} may not update the status of node {resource.name!r}")
-        content = message.content if isinstance(message.content, dict) else {}
-        status = content.get("status")
-        if not isinstance(status, dict):
-            raise Refused("nodestatus without a status object")
-        await self._patch_node_status(node, status)
+    async def _node_status(self, node: NodeName, request: contract.NodeStatus) -> None:
+        if request.name != node:
+            raise Refused(f"node {node!r} may not update the status of node {request.name!r}")
+        await self._patch_node_status(node, request.status)
 
     async def _patch_node_status(self, node: NodeName, status: dict[str, Any]) -> None:
         heartbeat = now_rfc3339()
@@ -165,23 +192,22 @@ class Upstream:
 
     # --- pods --------------------------------------------------------------------------------------------
 
-    async def _pod_status(self, node: NodeName, resource: Resource, message: Message) -> None:
-        content = message.content if isinstance(message.content, dict) else {}
-        uid, status = content.get("uid"), content.get("status")
-        if not isinstance(uid, str) or not isinstance(status, dict):
-            raise Refused("podstatus needs a uid and a status object")
-        namespace = resource.namespace or "default"
-        pod = self._placement.pod_on(node, namespace, resource.name)
+    async def _pod_status(self, node: NodeName, request: contract.PodStatus) -> None:
+        namespace, name, uid = request.namespace, request.name, request.uid
+        pod = self._placement.pod_on(node, namespace, name)
         if pod is None or pod["metadata"]["uid"] != uid:
-            if pod is None and self._bound_elsewhere(node, namespace, resource.name):
-                raise Refused(f"pod {namespace}/{resource.name} is not bound to node {node!r}")
+            if pod is None and self._bound_elsewhere(node, namespace, name):
+                raise Refused(f"pod {namespace}/{name} is not bound to node {node!r}")
             # The pod is gone or was recreated under a new UID: the edge's copy is stale, delete it there.
-            log.info("pod_status_stale", node=node, resource=str(resource), uid=uid)
+            log.info("pod_status_stale", node=node, pod=f"{namespace}/{name}", uid=uid)
             self._hub.reconcile(node, ObjectUid(uid))
             return
         old_conditions = (pod.get("status") or {}).get("conditions") or []
-        status = {**status, "conditions": keep_transition_times(status.get("conditions") or [], old_conditions)}
-        path = f"/api/v1/namespaces/{namespace}/pods/{resource.name}"
+        status = {
+            **request.status,
+            "conditions": keep_transition_times(request.status.get("conditions") or [], old_conditions),
+        }
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
         try:
             await self._kube.request(
                 "PATCH",
@@ -189,28 +215,24 @@ class Upstream:
                 body={"metadata": {"uid": uid}, "status": status},
                 content_type=STRATEGIC_PATCH,
             )
-        except KubeError as exc:
-            if exc.status in (404, 409):  # deleted, or the UID precondition failed meanwhile
-                self._hub.reconcile(node, ObjectUid(uid))
-                return
-            raise
+        except (NotFound, Conflict):  # deleted, or the UID precondition failed meanwhile
+            self._hub.reconcile(node, ObjectUid(uid))
+            return
         if pod["metadata"].get("deletionTimestamp") and status.get("phase") in TERMINAL_PHASES:
             await self._finish_deletion(path, uid)
 
-    async def _pod_deleted(self, node: NodeName, resource: Resource, message: Message) -> None:
+    async def _pod_deleted(self, node: NodeName, request: contract.PodDeleted) -> None:
         """The edge has stopped and removed a pod that is being deleted: complete the deletion."""
-        content = message.content if isinstance(message.content, dict) else {}
-        uid = (content.get("metadata") or {}).get("uid")
-        namespace = resource.namespace or "default"
-        pod = self._placement.pod_on(node, namespace, resource.name)
-        if pod is None or pod["metadata"]["uid"] != uid:
+        namespace, name = request.namespace, request.name
+        pod = self._placement.pod_on(node, namespace, name)
+        if pod is None or pod["metadata"]["uid"] != request.uid:
             return  # already gone
         if not pod["metadata"].get("deletionTimestamp"):
-            raise Refused(f"pod {namespace}/{resource.name} is not being deleted")
-        await self._finish_deletion(f"/api/v1/namespaces/{namespace}/pods/{resource.name}", uid)
+            raise Refused(f"pod {namespace}/{name} is not being deleted")
+        await self._finish_deletion(f"/api/v1/namespaces/{namespace}/pods/{name}", request.uid)
 
     async def _finish_deletion(self, path: str, uid: str) -> None:
-        try:
+        with contextlib.suppress(NotFound, Conflict):  # gone already, or replaced by a pod of the same name
             await self._kube.request(
                 "DELETE",
                 path,
@@ -221,9 +243,6 @@ class Upstream:
                     "preconditions": {"uid": uid},
                 },
             )
-        except KubeError as exc:
-            if exc.status not in (404, 409):
-                raise
 
     def _bound_elsewhere(self, node: NodeName, namespace: str, name: str) -> bool:
         key = f"{namespace}/{name}"
@@ -231,11 +250,10 @@ class Upstream:
 
     # --- devices -----------------------------------------------------------------------------------------
 
-    def _device(self, node: NodeName, resource: Resource) -> dict[str, Any]:
-        namespace = resource.namespace or "default"
-        device = self._placement.device_on(node, namespace, resource.name)
+    def _device(self, node: NodeName, namespace: str, name: str) -> dict[str, Any]:
+        device = self._placement.device_on(node, namespace, name)
         if device is None:
-            raise Refused(f"device {namespace}/{resource.name} is not bound to node {node!r}")
+            raise Refused(f"device {namespace}/{name} is not bound to node {node!r}")
         return device
 
     def _fresh_status(self, device: dict[str, Any]) -> dict[str, Any]:
@@ -255,49 +273,42 @@ class Upstream:
             updated.get("status") or {},
         )
 
-    async def _device_twins(self, node: NodeName, resource: Resource, message: Message) -> None:
+    async def _device_twins(self, node: NodeName, request: contract.TwinReported) -> None:
         """Reported twins from the edge, merged into Device status.twins by propertyName."""
-        device = self._device(node, resource)
-        content = message.content if isinstance(message.content, dict) else {}
-        twins = content.get("twins")
-        if not isinstance(twins, list) or not all(isinstance(t, dict) and t.get("propertyName") for t in twins):
-            raise Refused("devicetwin needs a list of twins with a propertyName each")
+        device = self._device(node, request.namespace, request.device)
         properties = {p.get("name") for p in (device.get("spec") or {}).get("properties") or []}
-        unknown = sorted(t["propertyName"] for t in twins if t["propertyName"] not in properties)
+        unknown = sorted(t["propertyName"] for t in request.twins if t["propertyName"] not in properties)
         if unknown:
-            raise Refused(f"device {resource.namespace}/{resource.name} has no properties {unknown}")
+            raise Refused(f"device {request.namespace}/{request.device} has no properties {unknown}")
         merged = {t["propertyName"]: t for t in self._fresh_status(device).get("twins") or []}
-        merged.update({t["propertyName"]: t for t in twins})
+        merged.update({t["propertyName"]: t for t in request.twins})
         await self._patch_device_status(device, {"twins": sorted(merged.values(), key=lambda t: t["propertyName"])})
 
-    async def _device_state(self, node: NodeName, resource: Resource, message: Message) -> None:
-        device = self._device(node, resource)
-        content = message.content if isinstance(message.content, dict) else {}
-        state = content.get("state")
-        if not isinstance(state, str):
-            raise Refused("devicestate needs a state string")
-        status = {"state": state}
-        if isinstance(content.get("lastOnlineTime"), str):
-            status["lastOnlineTime"] = content["lastOnlineTime"]
+    async def _device_state(self, node: NodeName, request: contract.DeviceState) -> None:
+        device = self._device(node, request.namespace, request.device)
+        status = {"state": request.state}
+        if request.last_online_time is not None:
+            status["lastOnlineTime"] = request.last_online_time
         await self._patch_device_status(device, status)
 
     # --- queries -----------------------------------------------------------------------------------------
 
-    async def _query(self, node: NodeName, resource: Resource, message: Message) -> None:
-        namespace = resource.namespace or "default"
-        if resource.type == "node":
-            if resource.name != node:
-                raise Refused(f"node {node!r} may not read node {resource.name!r}")
+    async def _query(self, node: NodeName, request: contract.Query, message: Message) -> None:
+        namespace = request.namespace or "default"
+        kind, name = request.kind, request.name
+        if kind is contract.ResourceType.NODE:
+            if name != node:
+                raise Refused(f"node {node!r} may not read node {name!r}")
             answer = self._placement.nodes.get(node)
-        elif resource.type == "pod":
-            answer = self._placement.pod_on(node, namespace, resource.name)
+        elif kind is contract.ResourceType.POD:
+            answer = self._placement.pod_on(node, namespace, name)
             if answer is None:
-                raise Refused(f"pod {namespace}/{resource.name} is not bound to node {node!r}")
+                raise Refused(f"pod {namespace}/{name} is not bound to node {node!r}")
         else:
-            if not self._placement.may_read(node, resource.type, namespace, resource.name):
-                raise Refused(f"no pod on node {node!r} uses {resource.type} {namespace}/{resource.name}")
-            cache = self._placement.configmaps if resource.type == "configmap" else self._placement.secrets
-            answer = cache.get((namespace, resource.name))
+            if not self._placement.may_read(node, kind, namespace, name):
+                raise Refused(f"no pod on node {node!r} uses {kind} {namespace}/{name}")
+            cache = self._placement.configmaps if kind is contract.ResourceType.CONFIGMAP else self._placement.secrets
+            answer = cache.get((namespace, name))
         await self._respond(node, message, answer if answer is not None else {"error": "not found"})
 
     async def _respond(self, node: NodeName, query: Message, content: Any) -> None:

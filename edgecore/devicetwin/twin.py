@@ -32,28 +32,23 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from common import devices as topics
+from common import upstream
 from common.devices import MAX_PAYLOAD_BYTES, Topic, device_id, error_payload, member, parse_request_topic
 from common.logging import get_logger
+from common.upstream import Upstream, UpstreamPublisher
 from edgecore.devicetwin.store import TwinRow, TwinStore
 from edgecore.devicetwin.values import InvalidValue, check_value, wire_value
-from edgecore.edgehub.hub import Upstream
 from edgecore.metamanager.store import Change, MetaStore
 
 log = get_logger(__name__)
 
 MAX_STATE_BYTES = 64
 DEVICE_KINDS = ("device", "devicemodel")
-
-
-class UpstreamPublisher(Protocol):
-    """``EdgeHub.publish_many``: durable, all or none, latest value per key."""
-
-    async def __call__(self, messages: Sequence[Upstream], /) -> None: ...
 
 
 LocalPublisher = Callable[[str, dict[str, Any]], None]  # ``EventBus.publish``: to mappers, best effort
@@ -92,6 +87,10 @@ class _Batch:
     reported: dict[tuple[str, str], TwinRow] = field(default_factory=dict)  # by (device, property): the latest
     upstream: dict[str, Upstream] = field(default_factory=dict)  # by outbox key: the latest
     replies: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (topic, payload), in order
+
+    def add_upstream(self, message: Upstream) -> None:
+        self.upstream.pop(message.key, None)  # re-inserted last: the outbox keeps the order messages were put
+        self.upstream[message.key] = message
 
 
 @dataclass(frozen=True)
@@ -374,7 +373,7 @@ class DeviceTwin:
 
     async def _commit(self, batch: _Batch) -> None:
         if batch.upstream:
-            await asyncio.shield(self._upstream(list(batch.upstream.values())))
+            await asyncio.shield(self._upstream(*batch.upstream.values()))
         if batch.reported:
             await asyncio.shield(self.twins.put_reported(list(batch.reported.values())))
 
@@ -479,25 +478,16 @@ class DeviceTwin:
                 "last": self._msg_twin(device, prop, before) if before is not None else None,
                 "current": self._msg_twin(device, prop, row),
             }
-            key = f"devicetwin/{device.namespace}/{device.name}/{prop}"
-            batch.upstream.pop(key, None)  # re-inserted last: the outbox keeps the order messages were put
-            batch.upstream[key] = Upstream(
-                key,
-                group="twin",
-                operation="update",
-                resource=f"{device.namespace}/devicetwin/{device.name}",
-                content={
-                    "twins": [
-                        {
-                            "propertyName": prop,
-                            "reported": {
-                                "value": value,
-                                "metadata": {"timestamp": str(now), "type": device.types[prop].lower()},
-                            },
-                            "observedDesired": {"value": row.desired or ""},
-                        }
-                    ]
-                },
+            batch.add_upstream(
+                upstream.twin_reported(
+                    device.namespace,
+                    device.name,
+                    prop,
+                    value=value,
+                    value_type=device.types[prop].lower(),
+                    timestamp_ms=now,
+                    observed_desired=row.desired or "",
+                )
             )
         batch.replies.append(
             (topics.twin_update_result(device.id), {"event_id": event_id, "timestamp": now, "twin": twin})
@@ -525,15 +515,7 @@ class DeviceTwin:
         if not isinstance(state, str) or not state or len(state.encode()) > MAX_STATE_BYTES:
             raise Rejection(400, f"state must be a non-empty string of at most {MAX_STATE_BYTES} bytes")
         now = self._now()
-        key = f"devicestate/{device.namespace}/{device.name}"
-        batch.upstream.pop(key, None)
-        batch.upstream[key] = Upstream(
-            key,
-            group="twin",
-            operation="update",
-            resource=f"{device.namespace}/devicestate/{device.name}",
-            content={"state": state, "lastOnlineTime": rfc3339(now)},
-        )
+        batch.add_upstream(upstream.device_state(device.namespace, device.name, state, last_online_time=rfc3339(now)))
         if self._states.get(device.id) != state:
             log.info("device_state", device=device.id, state=state)
         self._states[device.id] = state

@@ -14,12 +14,13 @@ import contextlib
 import datetime as dt
 import shutil
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from common import upstream
 from common.logging import get_logger
+from common.upstream import UpstreamPublisher
 from edgecore.edged import spec as podspec
 from edgecore.edged.runtime import (
     CONTAINER_NAME,
@@ -40,7 +41,14 @@ from edgecore.edged.status import Waiting, container_status, pod_status
 
 log = get_logger(__name__)
 
-Publish = Callable[..., Awaitable[None]]  # EdgeHub.publish(key, *, group, operation, resource, content)
+
+class PodStore(Protocol):
+    """What Edged reads from the MetaStore: the desired pods and the objects they reference."""
+
+    async def list_kind(self, kind: str) -> list[Any]: ...
+    async def get(self, kind: str, namespace: str | None, name: str) -> Any: ...
+
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -73,10 +81,10 @@ class Edged:
         self,
         *,
         node_name: str,
-        store: Any,  # MetaStore: list_kind(kind), get(kind, namespace, name)
+        store: PodStore,
         runtime: ContainerRuntime,
         root: Path,
-        publish: Publish,
+        publish: UpstreamPublisher,
         host_ip: str,
         sync_interval: float = 2.0,
         restart_backoff: float = 10.0,
@@ -263,13 +271,7 @@ class Edged:
         if uid not in self._deleting_reported:
             self._deleting_reported.add(uid)
             namespace, name = pod["metadata"].get("namespace", "default"), pod["metadata"]["name"]
-            await self._publish(
-                f"pod/{namespace}/{name}/deleted",
-                group="resource",
-                operation="delete",
-                resource=f"{namespace}/pod/{name}",
-                content={"metadata": {"uid": uid, "name": name, "namespace": namespace}},
-            )
+            await self._publish(upstream.pod_deleted(namespace, name, uid))
 
     async def _remove_pod(
         self, uid: str, sandboxes: list[SandboxInfo], in_sandbox: dict[str, list[ContainerInfo]], *, grace_s: int
@@ -361,13 +363,7 @@ class Edged:
             return
         self._reported[m["uid"]] = comparable
         namespace = m.get("namespace", "default")
-        await self._publish(
-            f"podstatus/{namespace}/{m['name']}",
-            group="resource",
-            operation="update",
-            resource=f"{namespace}/podstatus/{m['name']}",
-            content={"uid": m["uid"], "name": m["name"], "status": status},
-        )
+        await self._publish(upstream.pod_status(namespace, m["name"], m["uid"], status))
         log.info("pod_status", pod=_name(pod), phase=status["phase"])
 
     def _count(self, what: str) -> None:

@@ -10,12 +10,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from common import upstream
 from common.cli import package_version
 from common.logging import get_logger
+from common.upstream import UpstreamPublisher
 
 log = get_logger(__name__)
 
-Publish = Callable[..., Awaitable[None]]
 MAX_PODS = 110  # the kubelet's default
 KUBELET_PORT = 10350  # KubeEdge's edged port
 
@@ -89,7 +90,7 @@ class NodeReporter:
         node_name: str,
         labels: dict[str, str],
         status: Callable[[], Awaitable[dict[str, Any]]],
-        publish: Publish,
+        publish: UpstreamPublisher,
         interval: float = 10.0,
         resend_after: float = 60.0,
     ) -> None:
@@ -104,13 +105,7 @@ class NodeReporter:
         status = await self._status()
         # Registration goes through the outbox like everything else: a node that boots offline registers
         # when the cloud comes back.
-        await self._publish(
-            f"node/{self._node}",
-            group="resource",
-            operation="insert",
-            resource=f"null/node/{self._node}",
-            content={"metadata": {"name": self._node, "labels": self._labels}, "status": status},
-        )
+        await self._publish(upstream.node_registration(self._node, labels=self._labels, status=status))
         log.info("node_registration_queued", node=self._node)
         last, since = status, 0.0
         while True:
@@ -118,11 +113,5 @@ class NodeReporter:
             since += self._interval
             status = await self._status()
             if status != last or since >= self._resend_after:
-                await self._publish(
-                    f"nodestatus/{self._node}",
-                    group="resource",
-                    operation="update",
-                    resource=f"null/nodestatus/{self._node}",
-                    content={"status": status},
-                )
+                await self._publish(upstream.node_status(self._node, status))
                 last, since = status, 0.0

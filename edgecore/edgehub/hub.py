@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidURI
@@ -23,6 +22,7 @@ from common.messages import DEFAULT_MAX_FRAME_BYTES, Message, NodeName
 from common.protocol.backoff import backoff_delays
 from common.protocol.outbox import Outbox, OutboxItem
 from common.protocol.session import CloseCode, Deliver, EdgeSession, Event, OutboxDelivered, Ready, Received
+from common.upstream import Upstream
 from edgecore.metamanager.store import Change, MetaStore
 
 log = get_logger(__name__)
@@ -30,18 +30,6 @@ log = get_logger(__name__)
 ChangeListener = Callable[[list[Change]], None]
 MessageHandler = Callable[[Message], Awaitable[None]]
 ConnectionListener = Callable[[bool], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """A message for the cloud, before the outbox gives it a version; ``key`` names what it is the latest
-    value of."""
-
-    key: str
-    group: str
-    operation: str
-    resource: str
-    content: Any
 
 
 @dataclass(frozen=True)
@@ -108,13 +96,9 @@ class EdgeHub:
         s = self.settings
         return f"wss://{self.server}/{s.project_id}/{s.node_name}/events"  # the path KubeEdge's EdgeHub dials
 
-    async def publish(self, key: str, *, group: str, operation: str, resource: str, content: Any) -> None:
-        """Send upstream, reliably: durable first, then delivered when connected; a newer value of the same
-        key replaces an undelivered older one."""
-        await self.publish_many([Upstream(key, group, operation, resource, content)])
-
-    async def publish_many(self, messages: Sequence[Upstream]) -> None:
-        """``publish`` for several messages, stored in one transaction."""
+    async def publish(self, *messages: Upstream) -> None:
+        """Send upstream, reliably: durable first (all of ``messages`` in one transaction), then delivered when
+        connected; a newer value of the same key replaces an undelivered older one."""
         if not messages:
             return
         await self._load_outbox()

@@ -12,7 +12,8 @@ import pytest
 from kubernetes_asyncio import client
 
 from cloudcore.kube import Kube, KubeError
-from common.messages import Group, Operation, new_message
+from common import upstream
+from common.upstream import ResourceType
 from edgecore.edgehub import EdgeHub
 from tests.conftest import ControlPlane
 from tests.processes import CloudCoreProcess
@@ -184,25 +185,14 @@ async def test_a_node_gets_and_reads_only_its_own_objects(
     async with running_edge(pki, cloudcore.port, tmp_path / "a.db", node=mine, on_message=on_message) as edge:
         await eventually(lambda: _holds(edge, {"pod": {"pod-cfg-mine"}, "configmap": {"cfg-mine"}, "node": {mine}}))
         for name in ("cfg-mine", "cfg-theirs"):
-            query = new_message(
-                source="metamanager",
-                group=Group.RESOURCE,
-                operation=Operation.QUERY,
-                resource=f"{namespace}/configmap/{name}",
-                now_ms=0,
-            )
-            assert await edge.send(query)
+            assert await edge.send(upstream.query(ResourceType.CONFIGMAP, namespace, name, now_ms=0))
         await eventually(lambda: len(responses) == 2)
         answers = {m.route.resource.rsplit("/", 1)[1]: m.content for m in responses}
         assert answers["cfg-mine"]["data"] == {"k": "v"}
         assert answers["cfg-theirs"] == {"error": f"no pod on node {mine!r} uses configmap {namespace}/cfg-theirs"}
         # a status for another node's pod is refused, not written
         await edge.publish(
-            f"podstatus/{namespace}/pod-cfg-theirs",
-            group="resource",
-            operation="update",
-            resource=f"{namespace}/podstatus/pod-cfg-theirs",
-            content={"uid": theirs_pod["metadata"]["uid"], "status": {"phase": "Failed"}},
+            upstream.pod_status(namespace, "pod-cfg-theirs", theirs_pod["metadata"]["uid"], {"phase": "Failed"})
         )
         await eventually(lambda: len(edge.outbox) == 0)
         pod = await kube.get(f"/api/v1/namespaces/{namespace}/pods/pod-cfg-theirs")
@@ -227,17 +217,14 @@ async def test_pod_status_reaches_the_api_and_the_lease_is_renewed(
     async with running_edge(pki, cloudcore.port, tmp_path / "edge.db", node=node) as edge:
         # the edge registers its node
         await edge.publish(
-            f"node/{node}",
-            group="resource",
-            operation="insert",
-            resource=f"null/node/{node}",
-            content={
-                "metadata": {"labels": {"site": "plant-7"}},
-                "status": {
+            upstream.node_registration(
+                node,
+                labels={"site": "plant-7"},
+                status={
                     "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
                     "conditions": [{"type": "Ready", "status": "True", "reason": "EdgeReady"}],
                 },
-            },
+            )
         )
         await eventually(lambda: _node_ready(kube, node))
         registered = await kube.get(f"/api/v1/nodes/{node}")
@@ -252,26 +239,14 @@ async def test_pod_status_reaches_the_api_and_the_lease_is_renewed(
             "startTime": started,
             "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": started}],
         }
-        await edge.publish(
-            f"podstatus/{namespace}/web",
-            group="resource",
-            operation="update",
-            resource=f"{namespace}/podstatus/web",
-            content={"uid": pod["metadata"]["uid"], "status": status},
-        )
+        await edge.publish(upstream.pod_status(namespace, "web", pod["metadata"]["uid"], status))
         await eventually(lambda: _phase(kube, namespace, "web", "Running"))
         # a later report with the same Ready status keeps the original transition time
         later = {
             **status,
             "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-02-02T00:00:00Z"}],
         }
-        await edge.publish(
-            f"podstatus/{namespace}/web",
-            group="resource",
-            operation="update",
-            resource=f"{namespace}/podstatus/web",
-            content={"uid": pod["metadata"]["uid"], "status": later},
-        )
+        await edge.publish(upstream.pod_status(namespace, "web", pod["metadata"]["uid"], later))
         await eventually(lambda: len(edge.outbox) == 0)
         await asyncio.sleep(0.3)
         current = await kube.get(f"/api/v1/namespaces/{namespace}/pods/web")
@@ -285,13 +260,7 @@ async def test_pod_status_reaches_the_api_and_the_lease_is_renewed(
         # a status for a pod that was replaced under the same name is dropped, and the stale copy deleted
         await kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/web", body={"gracePeriodSeconds": 0})
         await kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body=pod_body("web", node))
-        await edge.publish(
-            f"podstatus/{namespace}/web",
-            group="resource",
-            operation="update",
-            resource=f"{namespace}/podstatus/web",
-            content={"uid": pod["metadata"]["uid"], "status": {"phase": "Failed"}},
-        )
+        await edge.publish(upstream.pod_status(namespace, "web", pod["metadata"]["uid"], {"phase": "Failed"}))
         await eventually(lambda: len(edge.outbox) == 0)
         replaced = await kube.get(f"/api/v1/namespaces/{namespace}/pods/web")
         assert replaced["status"].get("phase") != "Failed"

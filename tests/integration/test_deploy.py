@@ -15,7 +15,7 @@ import yaml
 
 from cloudcore import config as cloudcore_config
 from cloudcore.certs import ensure_namespace
-from cloudcore.kube import Kube, KubeError
+from cloudcore.kube import ApiError, Kube, KubeError
 from keadm import init
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ async def test_a_broken_manifest_is_refused(kube: Kube, named: str, breaks: Any)
     await ensure_namespace(kube)
     broken = copy.deepcopy(the("Deployment"))
     breaks(broken)
-    with pytest.raises(KubeError) as refused:
+    with pytest.raises(ApiError) as refused:
         await init.apply(kube, broken, force=True, dry_run=True)
     # An invalid value is 422; an undeclared field in an apply patch comes back as 500 "field not declared in
     # schema" from this kube-apiserver. Either way the message names what is wrong.

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cloudcore.kube import Kube
+from common import upstream
 from edgecore.edgehub import EdgeHub
 from tests.processes import CloudCoreProcess
 from tests.tunnel import Pki, eventually, running_edge
@@ -50,6 +51,12 @@ def thermostat(name: str, node: str, setpoint: str) -> dict[str, Any]:
             ],
         },
     }
+
+
+def reading(namespace: str, device: str, prop: str, value: str, *, observed_desired: str = "") -> upstream.Upstream:
+    return upstream.twin_reported(
+        namespace, device, prop, value=value, value_type="string", timestamp_ms=1, observed_desired=observed_desired
+    )
 
 
 async def held(edge: EdgeHub, kind: str) -> dict[str, Any]:
@@ -98,28 +105,10 @@ async def test_devices_go_down_twins_come_up_and_nodes_stay_apart(
         assert device["spec"]["properties"][1]["desired"]["value"] == "21.5"
         assert "status" not in device
         # a reading comes up and lands in the Device status
-        twin = {"propertyName": "temperature", "reported": {"value": "23.4", "metadata": {"timestamp": "1"}}}
         await edge.publish(
-            f"devicetwin/{namespace}/t1/temperature",
-            group="twin",
-            operation="update",
-            resource=f"{namespace}/devicetwin/t1",
-            content={"twins": [twin]},
-        )
-        setpoint = {"propertyName": "setpoint", "reported": {"value": "21.5"}, "observedDesired": {"value": "21.5"}}
-        await edge.publish(
-            f"devicetwin/{namespace}/t1/setpoint",
-            group="twin",
-            operation="update",
-            resource=f"{namespace}/devicetwin/t1",
-            content={"twins": [setpoint]},
-        )
-        await edge.publish(
-            f"devicestate/{namespace}/t1",
-            group="twin",
-            operation="update",
-            resource=f"{namespace}/devicestate/t1",
-            content={"state": "online", "lastOnlineTime": "2026-11-28T12:00:00Z"},
+            reading(namespace, "t1", "temperature", "23.4"),
+            reading(namespace, "t1", "setpoint", "21.5", observed_desired="21.5"),
+            upstream.device_state(namespace, "t1", "online", last_online_time="2026-11-28T12:00:00Z"),
         )
         await eventually(
             lambda: _reported(kube, namespace, "t1", {"temperature": "23.4", "setpoint": "21.5"}), timeout=20
@@ -135,13 +124,7 @@ async def test_devices_go_down_twins_come_up_and_nodes_stay_apart(
         )
         await eventually(lambda: _desired(edge, "t1", "setpoint", "24"), timeout=20)
         # the other node reporting for this node's device is refused; its own device is untouched by it
-        await other.publish(
-            f"devicetwin/{namespace}/t1/temperature",
-            group="twin",
-            operation="update",
-            resource=f"{namespace}/devicetwin/t1",
-            content={"twins": [{"propertyName": "temperature", "reported": {"value": "-99"}}]},
-        )
+        await other.publish(reading(namespace, "t1", "temperature", "-99"))
         await eventually(lambda: len(other.outbox) == 0, timeout=20)
         assert await _reported(kube, namespace, "t1", {"temperature": "23.4", "setpoint": "21.5"})
         assert "request_refused" in cloud.tail(400) and theirs in cloud.tail(400)

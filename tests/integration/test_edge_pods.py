@@ -36,12 +36,7 @@ async def runtime(containerd: Any) -> AsyncIterator[CriRuntime]:
 
 
 async def api_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        pod: dict[str, Any] = await kube.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
-    except KubeError as exc:
-        if exc.status == 404:
-            return None
-        raise
+    pod: dict[str, Any] | None = await kube.get_or_none(f"/api/v1/namespaces/{namespace}/pods/{name}")
     return pod
 
 

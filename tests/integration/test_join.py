@@ -92,13 +92,7 @@ def node_name() -> str:
 
 
 async def node_exists(kube: Kube, node: str) -> bool:
-    try:
-        await kube.get(f"/api/v1/nodes/{node}")
-    except KubeError as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
+    return await kube.get_or_none(f"/api/v1/nodes/{node}") is not None
 
 
 def start_edge(layout: EdgeLayout) -> JoinedEdge:

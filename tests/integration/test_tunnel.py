@@ -12,6 +12,7 @@ from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from common import upstream
 from common.messages import NodeName, ObjectUid
 from common.pki import CertificateAuthority, new_key, write_pair
 from common.protocol.session import CloseCode
@@ -82,28 +83,16 @@ async def test_edge_restart_loses_nothing_in_either_direction(pki: Pki, tmp_path
         hub.upsert(A, pod(2, 3))
         async with running_edge(pki, 1, db) as offline:  # port 1: nothing listens, the edge stays offline
             for phase in ("Pending", "Running", "Succeeded"):
-                await offline.publish(
-                    "podstatus/default/p1",
-                    group="resource",
-                    operation="update",
-                    resource="default/podstatus/p1",
-                    content={"phase": phase},
-                )
-            await offline.publish(
-                "nodestatus/edge-a",
-                group="resource",
-                operation="update",
-                resource="null/nodestatus/edge-a",
-                content={"ready": True},
-            )
+                await offline.publish(upstream.pod_status("default", "p1", "edge-a-pod-1", {"phase": phase}))
+            await offline.publish(upstream.node_status("edge-a", {"phase": "Ready"}))
             assert len(offline.outbox) == 2
         async with running_edge(pki, port, db) as edge:
             await eventually(lambda: _has(edge, {"edge-a-pod-1": "2", "edge-a-pod-2": "3"}))
             await eventually(lambda: len(received.messages) == 2)
             await eventually(lambda: len(edge.outbox) == 0)
             assert await edge.store.outbox_load() == []
-        contents = sorted(str(m.content) for _, m in received.messages)
-        assert contents == ["{'phase': 'Succeeded'}", "{'ready': True}"]  # latest value per key, once each
+        statuses = sorted(m.content["status"]["phase"] for _, m in received.messages)
+        assert statuses == ["Ready", "Succeeded"]  # latest value per key, once each
 
 
 async def test_ten_thousand_updates_of_one_object_arrive_coalesced(pki: Pki, tmp_path: Path) -> None:

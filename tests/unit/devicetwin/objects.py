@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from edgecore.edgehub import hub
+from common import upstream
 
 NODE = "edge-dt"
 NAMESPACE = "default"
@@ -62,12 +61,12 @@ def thermometer(
 
 
 class Upstream:
-    """A stand-in for ``EdgeHub.publish_many``."""
+    """A stand-in for ``EdgeHub.publish``."""
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
 
-    async def __call__(self, messages: Sequence[hub.Upstream], /) -> None:
+    async def __call__(self, *messages: upstream.Upstream) -> None:
         self.items.extend(
             {"key": m.key, "group": m.group, "operation": m.operation, "resource": m.resource, "content": m.content}
             for m in messages

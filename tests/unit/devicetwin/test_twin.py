@@ -354,7 +354,7 @@ async def test_a_batch_that_cannot_be_stored_changes_nothing_and_replies_nothing
     await twin.handle(topics.twin_update(T1), update("temperature", "20"))
     local.items.clear()
 
-    async def broken(messages: object, /) -> None:
+    async def broken(*messages: object) -> None:
         raise OSError("disk full")
 
     twin._upstream = broken

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from common.messages import Operation
+from common.upstream import Upstream
 from edgecore.edged.edged import Edged
 from edgecore.edged.hollow import HollowRuntime
 from edgecore.edged.runtime import ContainerState
@@ -21,8 +22,8 @@ class Published:
     def __init__(self) -> None:
         self.items: list[tuple[str, str, Any]] = []
 
-    async def __call__(self, key: str, *, group: str, operation: str, resource: str, content: Any) -> None:
-        self.items.append((key, operation, content))
+    async def __call__(self, *messages: Upstream) -> None:
+        self.items.extend((m.key, m.operation, m.content) for m in messages)
 
     def statuses(self, name: str) -> list[dict[str, Any]]:
         return [c["status"] for k, _, c in self.items if k == f"podstatus/default/{name}"]

@@ -1,0 +1,26 @@
+"""A token bucket: ``rate`` requests a second on average, bursts of up to ``burst``. Pure: time is an argument.
+
+It is client-go's client-side limiter (``kubeAPIConfig.qps`` and ``burst``): a caller reserves a token and is
+told how long to wait before using it. Reservations queue up in order, so waiting callers are served FIFO
+and the long-run rate never exceeds ``rate``.
+"""
+
+from __future__ import annotations
+
+
+class TokenBucket:
+    def __init__(self, *, rate: float, burst: int, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"a token bucket needs rate > 0 and burst >= 1 (got {rate}, {burst})")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._at = now
+
+    def reserve(self, now: float) -> float:
+        """Take one token; the seconds to wait before acting on it (0 when one was available)."""
+        elapsed = max(0.0, now - self._at)
+        self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate)
+        self._at = max(self._at, now)
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate

@@ -1,0 +1,373 @@
+"""The edge→cloud contract: what EdgeCore sends up, built in one place and parsed in one place.
+
+The edge calls the builders (``pod_status``, ``node_status``, ``twin_reported``, …), which return an
+``Upstream``: the route and content of one message plus the outbox key it is the latest value of. CloudCore
+calls ``parse`` on every upstream message and dispatches on the typed request it returns; anything unknown or
+malformed raises ``UpstreamError`` with a reason that names the problem, before any handler runs.
+
+The wire format is KubeEdge's (``<namespace>/<type>/<name>``, ``null`` for cluster-scoped objects; groups
+``resource`` and ``twin``), and it must not change without both sides changing: ``tests/unit/test_upstream.py``
+pins a few frames byte for byte. A new message kind is added here, with its builder, its request type and its
+branch in ``parse``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from common.messages import Group, Message, MessageError, Operation, Resource, new_message
+
+# Deeper than any real pod or node status (about 6 levels); the cloud's JSON serializer recurses.
+MAX_CONTENT_DEPTH = 32
+
+
+class ResourceType(enum.StrEnum):
+    """The ``<type>`` part of a resource string, with KubeEdge's names where KubeEdge has one."""
+
+    NODE = "node"
+    NODESTATUS = "nodestatus"
+    POD = "pod"
+    PODSTATUS = "podstatus"
+    CONFIGMAP = "configmap"
+    SECRET = "secret"  # noqa: S105 - a resource type, not a password
+    DEVICE = "device"
+    DEVICEMODEL = "devicemodel"
+    DEVICETWIN = "devicetwin"  # reported twin values, edge → cloud
+    DEVICESTATE = "devicestate"  # a device's online/offline state, edge → cloud
+
+
+QUERYABLE = frozenset({ResourceType.NODE, ResourceType.POD, ResourceType.CONFIGMAP, ResourceType.SECRET})
+
+
+class UpstreamError(ValueError):
+    """An upstream message that is not one the contract knows, or whose content has the wrong shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A message for the cloud, before the outbox gives it a version; ``key`` names what it is the latest
+    value of, so a newer one replaces an undelivered older one."""
+
+    key: str
+    group: str
+    operation: str
+    resource: str
+    content: Any
+
+
+class UpstreamPublisher(Protocol):
+    """``EdgeHub.publish``: durable before it returns, all or none, latest value per key."""
+
+    async def __call__(self, *messages: Upstream) -> None: ...
+
+
+def _resource(namespace: str | None, kind: ResourceType, name: str) -> str:
+    return str(Resource(namespace, kind, name))
+
+
+# --- builders (the edge) -------------------------------------------------------------------------------------
+
+
+def node_registration(node: str, *, labels: Mapping[str, str], status: dict[str, Any]) -> Upstream:
+    """Register the node (or update its labels), with its first status."""
+    return Upstream(
+        f"node/{node}",
+        Group.RESOURCE,
+        Operation.INSERT,
+        _resource(None, ResourceType.NODE, node),
+        {"metadata": {"name": node, "labels": dict(labels)}, "status": status},
+    )
+
+
+def node_status(node: str, status: dict[str, Any]) -> Upstream:
+    return Upstream(
+        f"nodestatus/{node}",
+        Group.RESOURCE,
+        Operation.UPDATE,
+        _resource(None, ResourceType.NODESTATUS, node),
+        {"status": status},
+    )
+
+
+def pod_status(namespace: str, name: str, uid: str, status: dict[str, Any]) -> Upstream:
+    return Upstream(
+        f"podstatus/{namespace}/{name}",
+        Group.RESOURCE,
+        Operation.UPDATE,
+        _resource(namespace, ResourceType.PODSTATUS, name),
+        {"uid": uid, "name": name, "status": status},
+    )
+
+
+def pod_deleted(namespace: str, name: str, uid: str) -> Upstream:
+    """The edge has stopped and removed a pod that is being deleted: the cloud may finish the deletion."""
+    return Upstream(
+        f"pod/{namespace}/{name}/deleted",
+        Group.RESOURCE,
+        Operation.DELETE,
+        _resource(namespace, ResourceType.POD, name),
+        {"metadata": {"uid": uid, "name": name, "namespace": namespace}},
+    )
+
+
+def twin_reported(
+    namespace: str,
+    device: str,
+    prop: str,
+    *,
+    value: str,
+    value_type: str,
+    timestamp_ms: int,
+    observed_desired: str,
+) -> Upstream:
+    """One property's reported value; keyed per property, so only its latest value travels."""
+    return Upstream(
+        f"devicetwin/{namespace}/{device}/{prop}",
+        Group.TWIN,
+        Operation.UPDATE,
+        _resource(namespace, ResourceType.DEVICETWIN, device),
+        {
+            "twins": [
+                {
+                    "propertyName": prop,
+                    "reported": {"value": value, "metadata": {"timestamp": str(timestamp_ms), "type": value_type}},
+                    "observedDesired": {"value": observed_desired},
+                }
+            ]
+        },
+    )
+
+
+def device_state(namespace: str, device: str, state: str, *, last_online_time: str) -> Upstream:
+    return Upstream(
+        f"devicestate/{namespace}/{device}",
+        Group.TWIN,
+        Operation.UPDATE,
+        _resource(namespace, ResourceType.DEVICESTATE, device),
+        {"state": state, "lastOnlineTime": last_online_time},
+    )
+
+
+def query(kind: ResourceType, namespace: str | None, name: str, *, now_ms: int, source: str = "edged") -> Message:
+    """A best-effort read of one object the node may see; the answer is a ``response`` to its msg_id."""
+    if kind not in QUERYABLE:
+        raise ValueError(f"{kind} cannot be queried")
+    return new_message(
+        source=source,
+        group=Group.RESOURCE,
+        operation=Operation.QUERY,
+        resource=_resource(namespace, kind, name),
+        now_ms=now_ms,
+    )
+
+
+# --- requests (the cloud) ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRegistration:
+    name: str
+    labels: dict[str, str]
+    status: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    name: str
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PodStatus:
+    namespace: str
+    name: str
+    uid: str
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PodDeleted:
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class TwinReported:
+    namespace: str
+    device: str
+    twins: list[dict[str, Any]]  # each with a string ``propertyName``
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    namespace: str
+    device: str
+    state: str
+    last_online_time: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    kind: ResourceType
+    namespace: str | None
+    name: str
+
+
+Request = NodeRegistration | NodeStatus | PodStatus | PodDeleted | TwinReported | DeviceState | Query
+
+
+def parse(message: Message) -> Request:
+    """The typed request an upstream message carries; ``UpstreamError`` names what is wrong with it."""
+    route = message.route
+    try:
+        resource = Resource.parse(route.resource)
+    except MessageError as exc:
+        raise UpstreamError(str(exc)) from None
+    try:
+        kind = ResourceType(resource.type)
+    except ValueError:
+        raise UpstreamError(f"unknown resource type {resource.type!r}") from None
+    if route.operation == Operation.QUERY and kind in QUERYABLE:
+        return Query(kind, resource.namespace, resource.name)
+    build = _PARSERS.get((kind, route.operation))
+    if build is None:
+        raise UpstreamError(f"no upstream message is {route.operation!r} of {kind.value!r}")
+    _check_depth(message.content)
+    return build(resource.namespace or "default", resource.name, _object(message.content, "content"))
+
+
+def _registration(_: str, name: str, content: dict[str, Any]) -> NodeRegistration:
+    metadata = _object(content.get("metadata", {}), "content.metadata")
+    status = content.get("status")
+    return NodeRegistration(
+        name,
+        _string_map(metadata.get("labels", {}), "content.metadata.labels"),
+        _node_status(status) if status is not None else None,
+    )
+
+
+def _node_status_request(_: str, name: str, content: dict[str, Any]) -> NodeStatus:
+    return NodeStatus(name, _node_status(content.get("status")))
+
+
+def _pod_status_request(namespace: str, name: str, content: dict[str, Any]) -> PodStatus:
+    return PodStatus(namespace, name, _string(content.get("uid"), "content.uid"), _pod_status(content))
+
+
+def _pod_deleted_request(namespace: str, name: str, content: dict[str, Any]) -> PodDeleted:
+    metadata = _object(content.get("metadata"), "content.metadata")
+    return PodDeleted(namespace, name, _string(metadata.get("uid"), "content.metadata.uid"))
+
+
+def _twin_request(namespace: str, name: str, content: dict[str, Any]) -> TwinReported:
+    return TwinReported(namespace, name, _twins(content.get("twins")))
+
+
+def _state_request(namespace: str, name: str, content: dict[str, Any]) -> DeviceState:
+    online = content.get("lastOnlineTime")
+    return DeviceState(
+        namespace,
+        name,
+        _string(content.get("state"), "content.state"),
+        _string(online, "content.lastOnlineTime") if online is not None else None,
+    )
+
+
+_PARSERS: dict[tuple[ResourceType, str], Callable[[str, str, dict[str, Any]], Request]] = {
+    (ResourceType.NODE, Operation.INSERT): _registration,
+    (ResourceType.NODE, Operation.UPDATE): _registration,
+    (ResourceType.NODESTATUS, Operation.UPDATE): _node_status_request,
+    (ResourceType.PODSTATUS, Operation.UPDATE): _pod_status_request,
+    (ResourceType.POD, Operation.DELETE): _pod_deleted_request,
+    (ResourceType.DEVICETWIN, Operation.UPDATE): _twin_request,
+    (ResourceType.DEVICESTATE, Operation.UPDATE): _state_request,
+}
+
+
+# --- shapes --------------------------------------------------------------------------------------------------
+
+
+def _kind(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _check_depth(content: object) -> None:
+    """Refuse content nested deeper than MAX_CONTENT_DEPTH, without recursing (it may be deep on purpose)."""
+    stack: list[tuple[object, int]] = [(content, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_CONTENT_DEPTH:
+            raise UpstreamError(f"content is nested deeper than {MAX_CONTENT_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _object(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UpstreamError(f"{where} must be an object, not {_kind(value)}")
+    return value
+
+
+def _string(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise UpstreamError(f"{where} must be a non-empty string, not {_kind(value)}")
+    return value
+
+
+def _string_map(value: object, where: str) -> dict[str, str]:
+    mapping = _object(value, where)
+    for key, item in mapping.items():
+        if not isinstance(item, str):
+            raise UpstreamError(f"{where}.{key} must be a string, not {_kind(item)}")
+    return mapping
+
+
+def _objects(value: object, where: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise UpstreamError(f"{where} must be a list, not {_kind(value)}")
+    for i, item in enumerate(value):
+        _object(item, f"{where}[{i}]")
+    return value
+
+
+def _conditions(status: dict[str, Any], where: str) -> None:
+    for i, condition in enumerate(_objects(status.get("conditions", []), f"{where}.conditions")):
+        for key in ("type", "status"):
+            _string(condition.get(key), f"{where}.conditions[{i}].{key}")
+
+
+def _node_status(value: object) -> dict[str, Any]:
+    status = _object(value, "content.status")
+    _conditions(status, "content.status")
+    _objects(status.get("addresses", []), "content.status.addresses")
+    for key in ("capacity", "allocatable"):
+        _string_map(status.get(key, {}), f"content.status.{key}")
+    return status
+
+
+def _pod_status(content: dict[str, Any]) -> dict[str, Any]:
+    status = _object(content.get("status"), "content.status")
+    _conditions(status, "content.status")
+    for key in ("containerStatuses", "initContainerStatuses"):
+        _objects(status.get(key, []), f"content.status.{key}")
+    phase = status.get("phase")
+    if phase is not None:
+        _string(phase, "content.status.phase")
+    return status
+
+
+def _twins(value: object) -> list[dict[str, Any]]:
+    twins = _objects(value, "content.twins")
+    if not twins:
+        raise UpstreamError("content.twins must not be empty")
+    for i, twin in enumerate(twins):
+        _string(twin.get("propertyName"), f"content.twins[{i}].propertyName")
+    return twins
