@@ -4,12 +4,12 @@ publish → Device status latency at low load, beside a raw aiomqtt publish/subs
 Goal: >= 2,000 updates/s at the edge, p99 <= 100 ms to the Device status at low load. One run, all on loopback:
 
   * its own control plane (etcd + kube-apiserver, ``scripts/control_plane.py up --dir``) in a temp dir;
-  * a private mosquitto (``tests.mqtt.Mosquitto``);
-  * a throwaway PKI (``tests.tunnel.Pki``), the real ``cloudcore`` and one real ``edgecore`` for node
-    ``bench-edge`` (``tests.processes``), the edge on that mosquitto, with no container runtime.
+  * a private mosquitto (``scripts.harness.mosquitto``);
+  * a throwaway PKI (``scripts.harness.pki``), the real ``cloudcore`` and one real ``edgecore`` for node
+    ``bench-edge`` (``scripts.harness.services``), the edge on that mosquitto, with no container runtime.
 
-This benchmark imports the project's test helpers (``tests.mqtt``, ``tests.processes``, ``tests.tunnel``):
-they are how the project runs its real parts. The benchmark itself plays the mapper with aiomqtt.
+It runs them with the dev harness (``scripts/harness``), as the tests do. The benchmark itself plays the mapper
+with aiomqtt.
 
 Measured:
 
@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,13 +46,15 @@ from typing import Any
 import aiomqtt
 import orjson
 
-from benchmarks.support import control_plane_command, kubeconfig_from, log
+from benchmarks.support import guarded, log, log_tails, stop_services
 from cloudcore.kube import Kube
 from common import devices as topics
 from common.loop import loop_name, run
-from tests.mqtt import Mosquitto
-from tests.processes import CloudCoreProcess, EdgeCoreProcess
-from tests.tunnel import Pki
+from scripts.harness.cluster import ControlPlane, create_edge_node
+from scripts.harness.mosquitto import Mosquitto
+from scripts.harness.pki import Pki
+from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess
+from scripts.harness.stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = "bench-edge"
@@ -73,21 +74,17 @@ _quiet.setLevel(logging.ERROR)  # aiomqtt warns once more than ten publishes are
 @dataclass
 class Resources:
     workdir: Path
-    control_plane: Path
+    plane: ControlPlane | None = None
     mosquitto: Mosquitto | None = None
     cloudcore: CloudCoreProcess | None = None
     edgecore: EdgeCoreProcess | None = None
 
     def stop(self) -> None:
-        for name, proc in (("edgecore", self.edgecore), ("cloudcore", self.cloudcore)):
-            if proc is not None:
-                code = proc.stop()
-                if code not in (0, None):
-                    log(f"{name} exited with {code}; log tail:\n{proc.tail(15)}")
+        stop_services([("edgecore", self.edgecore), ("cloudcore", self.cloudcore)])
         if self.mosquitto is not None:
             self.mosquitto.stop()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(control_plane_command("down", self.control_plane), check=False, timeout=60)
+        if self.plane is not None:
+            self.plane.down()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -196,9 +193,7 @@ def device_body(name: str) -> dict[str, Any]:
 
 async def create_objects(kube: Kube, names: list[str]) -> None:
     await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": NAMESPACE}})
-    await kube.request(
-        "POST", "/api/v1/nodes", body={"metadata": {"name": NODE, "labels": {"node-role.kubernetes.io/edge": ""}}}
-    )
+    await create_edge_node(kube, NODE)
     objects = f"{DEVICES_API}/namespaces/{NAMESPACE}"
     await kube.request(
         "POST",
@@ -417,13 +412,6 @@ async def bench_edge(args: argparse.Namespace, kubeconfig: Path, res: Resources)
 # --- report --------------------------------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
-
-
 def report(args: argparse.Namespace, raw_per_s: float, raw_s: float, raw_n: int, edge: EdgeResults) -> None:
     p50, p99 = percentile(edge.latencies_ms, 50), percentile(edge.latencies_ms, 99)
     worst = max(edge.latencies_ms) if edge.latencies_ms else math.nan
@@ -481,46 +469,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="bench-devices-"))
-    res = Resources(workdir=workdir, control_plane=workdir / "control-plane")
-    failed = True
-    try:
-        with subprocess.Popen(
-            control_plane_command("up", res.control_plane), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        ) as up:
-            try:
-                res.mosquitto = Mosquitto(workdir / "mosquitto")
-                res.mosquitto.start()
-                stdout, stderr = up.communicate(timeout=150)
-            except BaseException:
-                up.kill()
-                up.wait()
-                raise
-        if up.returncode != 0:
-            raise RuntimeError(f"control plane did not come up:\n{stderr[-4000:]}")  # noqa: TRY301
-        kubeconfig = kubeconfig_from(stdout)
+    res = Resources(workdir=workdir)
+
+    def body() -> int:
+        res.mosquitto = Mosquitto(workdir / "mosquitto")
+        res.plane, _ = ControlPlane.up_beside(workdir / "control-plane", res.mosquitto.start)
         log(f"control plane and mosquitto up after {time.perf_counter() - started:.1f}s")
         raw_per_s, raw_s, raw_n = run(raw_baseline(res.mosquitto.port, args.messages, args.inflight))
         log(f"raw baseline: {raw_per_s:,.0f} msgs/s, {raw_n} of {args.messages} received")
-        edge = run(bench_edge(args, kubeconfig, res))
-    except KeyboardInterrupt:
-        failed = False
-        log("interrupted: stopping everything")
-        return 130
-    except Exception as exc:
-        log(f"failed: {type(exc).__name__}: {exc}")
-        return 1
-    else:
-        failed = False
+        edge = run(bench_edge(args, res.plane.kubeconfig, res))
         report(args, raw_per_s, raw_s, raw_n, edge)
         return 0
-    finally:
-        if failed:
-            for proc in (res.cloudcore, res.edgecore):
-                if proc is not None and proc.log.exists():
-                    log(f"{proc.command} log tail ({proc.log}):\n{proc.tail(20)}")
-        t = time.perf_counter()
-        res.stop()
-        log(f"stopped in {time.perf_counter() - t:.1f}s; whole run {time.perf_counter() - started:.1f}s")
+
+    return guarded(body, teardown=res.stop, show_logs=lambda: log_tails([res.cloudcore, res.edgecore]), started=started)
 
 
 if __name__ == "__main__":

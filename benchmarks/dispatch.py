@@ -30,20 +30,15 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from benchmarks.support import control_plane_down, control_plane_up, cpu_seconds, log, runq_seconds
+from benchmarks.support import cpu_seconds, guarded, log, log_tails, recv_within, rss_kib, runq_seconds, stop_child
 from cloudcore.kube import Conflict, Kube, KubeError
 from common.logging import configure_logging
 from common.loop import loop_name, run
@@ -51,21 +46,16 @@ from common.messages import NodeName
 from common.tls import client_context
 from edgecore.edgehub import EdgeHub, EdgeHubSettings
 from edgecore.metamanager.store import Change, MetaStore
-from tests.tunnel import Pki
+from scripts.harness.cluster import ControlPlane, create_edge_node
+from scripts.harness.pki import Pki
+from scripts.harness.services import CloudCoreProcess
+from scripts.harness.stats import ms, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-EDGE_LABEL = "node-role.kubernetes.io/edge"
 NAMESPACE = "bench-dispatch"
 IMAGE = "localhost/busybox:1.35"
 CONNECT_BATCH = 100  # edges started at once in each child: a TLS handshake storm would only time out and retry
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def node_name(i: int) -> str:
@@ -76,169 +66,7 @@ def pod_name(i: int) -> str:
     return f"bench-pod-{i:06d}"
 
 
-# --- /proc ---------------------------------------------------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 2) if not math.isnan(seconds) else math.nan
-
-
-# --- control plane and PKI -----------------------------------------------------------------------------------
-
-
-def control_plane_pid(state: Path, name: str) -> int | None:
-    try:
-        return int((state / f"{name}.pid").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-# --- cloudcore -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CloudCore:
-    workdir: Path
-    kubeconfig: Path
-    pki: Pki
-    nodes: int
-    lease_renew_interval: float
-    port: int = field(default_factory=free_port)
-    monitor_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def __post_init__(self) -> None:
-        self.config = self.workdir / "cloudcore.yaml"
-        self.log = self.workdir / "cloudcore.log"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "kubeAPIConfig": {"kubeConfig": str(self.kubeconfig)},
-                    "commonConfig": {"monitorServer": {"bindAddress": f"127.0.0.1:{self.monitor_port}"}},
-                    "modules": {
-                        "cloudHub": {
-                            "tlsCAFile": str(self.pki.ca_file),
-                            "tlsCertFile": str(self.pki.server_cert),
-                            "tlsPrivateKeyFile": str(self.pki.server_key),
-                            "keepaliveInterval": 15,
-                            "nodeLimit": self.nodes + 10,
-                            "websocket": {"address": "127.0.0.1", "port": self.port},
-                        },
-                        "edgeController": {"leaseRenewInterval": self.lease_renew_interval},
-                    },
-                }
-            )
-        )
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(BIN / "cloudcore"), "--config", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C reaches the benchmark only; it stops cloudcore itself
-            )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def _get(self, path: str, timeout: float) -> tuple[int, str]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}{path}", timeout=timeout) as resp:
-            return int(resp.status), resp.read().decode()
-
-    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"cloudcore exited with {self.proc and self.proc.returncode}")
-            with contextlib.suppress(OSError):
-                status, _ = await asyncio.to_thread(self._get, "/readyz", 1.0)
-                if status == 200:
-                    return
-            await asyncio.sleep(0.2)
-        raise RuntimeError(f"cloudcore not ready after {timeout:.0f}s")
-
-    async def metrics(self) -> dict[str, float]:
-        """The unlabelled samples of /metrics, by name ({} if it does not answer)."""
-        try:
-            _, text = await asyncio.to_thread(self._get, "/metrics", 5.0)
-        except OSError:
-            return {}
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#") and "{" not in line:
-                name, _, value = line.partition(" ")
-                with contextlib.suppress(ValueError):
-                    out[name] = float(value)
-        return out
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
 # --- hollow edges (child processes) --------------------------------------------------------------------------
-
-
-async def recv(conn: Connection) -> Any:
-    """Receive from a multiprocessing pipe without blocking the loop."""
-    loop = asyncio.get_running_loop()
-    readable = asyncio.Event()
-    loop.add_reader(conn.fileno(), readable.set)
-    try:
-        while not conn.poll():  # also true at EOF: then recv() raises EOFError
-            readable.clear()
-            await readable.wait()
-    finally:
-        loop.remove_reader(conn.fileno())
-        # uvloop leaves the fd non-blocking; Connection.send/recv of a message larger than the socket buffer
-        # would then fail with EAGAIN half-way.
-        os.set_blocking(conn.fileno(), True)
-    return conn.recv()
-
-
-async def recv_within(conn: Connection, seconds: float) -> Any:
-    async with asyncio.timeout(seconds):
-        return await recv(conn)
 
 
 def edge_child(conn: Connection, spec: dict[str, Any]) -> None:
@@ -356,16 +184,7 @@ class EdgeProcess:
     pid: int = 0
 
     def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.conn.send(("stop",))
-        self.process.join(30)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
-        self.conn.close()
+        stop_child(self.process, self.conn, timeout=30)
 
 
 def node_pki(directory: Path, nodes: list[str]) -> Pki:
@@ -409,7 +228,8 @@ def start_edges(args: argparse.Namespace, nodes: list[str], pki: Pki, port: int,
 class Resources:
     """What the run started, so that the outermost ``finally`` can stop it whatever happened."""
 
-    cloudcore: CloudCore | None = None
+    plane: ControlPlane | None = None
+    cloudcore: CloudCoreProcess | None = None
     edges: list[EdgeProcess] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -420,6 +240,8 @@ class Resources:
             edge.stop()
         if self.cloudcore is not None:
             self.cloudcore.stop()
+        if self.plane is not None:
+            self.plane.down()
 
 
 @dataclass
@@ -451,7 +273,7 @@ async def bounded_gather(coros: list[Any], limit: int) -> None:
 async def create_nodes(kube: Kube, nodes: list[str]) -> None:
     async def create(name: str) -> None:
         with contextlib.suppress(Conflict):  # left from an earlier run
-            await kube.request("POST", "/api/v1/nodes", body={"metadata": {"name": name, "labels": {EDGE_LABEL: ""}}})
+            await create_edge_node(kube, name)
 
     await bounded_gather([create(n) for n in nodes], 16)
 
@@ -513,24 +335,31 @@ def cpu_sample(pids: dict[str, list[int]]) -> dict[str, float]:
     return {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
 
 
-async def bench(args: argparse.Namespace, workdir: Path, cp_dir: Path, kubeconfig: Path, res: Resources) -> int:
+async def bench(args: argparse.Namespace, workdir: Path, plane: ControlPlane, res: Resources) -> int:
     nodes = [node_name(i) for i in range(args.nodes)]
     started = time.monotonic()
     pki = await asyncio.to_thread(node_pki, workdir / "pki", nodes)
     log(f"PKI with {len(nodes)} node certificates in {time.monotonic() - started:.1f}s")
 
-    cloudcore = CloudCore(workdir, kubeconfig, pki, args.nodes, args.lease_interval)
+    cloudcore = CloudCoreProcess(
+        workdir / "cloudcore",
+        kubeconfig=plane.kubeconfig,
+        pki=pki,
+        keepalive_interval=15,
+        node_limit=args.nodes + 10,
+        lease_renew_interval=args.lease_interval,
+    )
     res.cloudcore = cloudcore
     cloudcore.start()
-    kube = await Kube.connect(str(kubeconfig))
+    kube = await Kube.connect(str(plane.kubeconfig))
     watcher: asyncio.Task[None] | None = None
     try:
         await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": NAMESPACE}})
         t = time.monotonic()
         await create_nodes(kube, nodes)
         log(f"{len(nodes)} Node objects created in {time.monotonic() - t:.1f}s")
-        await cloudcore.wait_ready(60)
-        log(f"cloudcore ready (pid {cloudcore.pid}, websocket :{cloudcore.port})")
+        await cloudcore.wait_ready(timeout=60)
+        log(f"cloudcore ready (pid {cloudcore.process.pid}, websocket :{cloudcore.port})")
 
         # hollow edges
         t = time.monotonic()
@@ -548,7 +377,7 @@ async def bench(args: argparse.Namespace, workdir: Path, cp_dir: Path, kubeconfi
             reply = await recv_within(edge.conn, connect_timeout + 30)
             connected += reply["connected"]
             with_node += reply["with_node"]
-        hub_connected = (await cloudcore.metrics()).get("kubage_cloudhub_connected_nodes", math.nan)
+        hub_connected = (await asyncio.to_thread(cloudcore.samples)).get("kubage_cloudhub_connected_nodes", math.nan)
         connect_s = time.monotonic() - t
         log(
             f"edges connected: {connected}/{args.nodes} (cloudcore says {hub_connected:.0f}), "
@@ -556,7 +385,7 @@ async def bench(args: argparse.Namespace, workdir: Path, cp_dir: Path, kubeconfi
         )
         if connected < args.nodes or with_node < args.nodes:
             raise RuntimeError(f"only {connected} of {args.nodes} edges connected ({with_node} hold their Node)")
-        rss_connected = rss_kib(cloudcore.pid)
+        rss_connected = rss_kib(cloudcore.process.pid)
 
         # pods
         arrivals: dict[str, float] = {}
@@ -568,9 +397,9 @@ async def bench(args: argparse.Namespace, workdir: Path, cp_dir: Path, kubeconfi
         warm = round(args.rate * args.warmup)
         pods = {pod_name(i): PodTimes(nodes[i % len(nodes)], math.nan) for i in range(total)}
         pids = {
-            "cloudcore": [cloudcore.pid],
-            "apiserver": [p for p in [control_plane_pid(cp_dir, "kube-apiserver")] if p],
-            "etcd": [p for p in [control_plane_pid(cp_dir, "etcd")] if p],
+            "cloudcore": [cloudcore.process.pid],
+            "apiserver": [p for p in [plane.pid("kube-apiserver")] if p],
+            "etcd": [p for p in [plane.pid("etcd")] if p],
             "edges": [e.pid for e in res.edges],
             "bench": [os.getpid()],
         }
@@ -579,9 +408,9 @@ async def bench(args: argparse.Namespace, workdir: Path, cp_dir: Path, kubeconfi
         log(f"creating {total} pods at {args.rate}/s ({warm} warm-up) over {args.nodes} nodes")
         creator = asyncio.create_task(create_pods(kube, pods, args.rate, args.concurrency, start_at=start_at))
         await asyncio.sleep(max(0.0, start_at + args.warmup - loop.time()))
-        cpu0, wall0, runq0 = cpu_sample(pids), time.perf_counter(), runq_seconds(cloudcore.pid)
+        cpu0, wall0, runq0 = cpu_sample(pids), time.perf_counter(), runq_seconds(cloudcore.process.pid)
         await creator
-        cpu1, wall1, runq1 = cpu_sample(pids), time.perf_counter(), runq_seconds(cloudcore.pid)
+        cpu1, wall1, runq1 = cpu_sample(pids), time.perf_counter(), runq_seconds(cloudcore.process.pid)
         window = wall1 - wall0
         created = {n for n, p in pods.items() if not math.isnan(p.t1)}
         drain_deadline = time.monotonic() + args.drain_timeout
@@ -589,8 +418,8 @@ async def bench(args: argparse.Namespace, workdir: Path, cp_dir: Path, kubeconfi
         while not created.issubset(arrivals) and time.monotonic() < drain_deadline:
             await asyncio.sleep(0.25)
             stats = await collect(res.edges, arrivals)
-        metrics = await cloudcore.metrics()
-        rss_end = rss_kib(cloudcore.pid)
+        metrics = await asyncio.to_thread(cloudcore.samples)
+        rss_end = rss_kib(cloudcore.process.pid)
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -690,36 +519,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
-    cp_dir = workdir / "control-plane"
     res = Resources()
-    failed = True
-    try:
+
+    def body() -> int:
         t = time.perf_counter()
-        kubeconfig = control_plane_up(cp_dir)
-        log(f"control plane up in {time.perf_counter() - t:.1f}s ({cp_dir})")
-        code = run(bench(args, workdir, cp_dir, kubeconfig, res))
-    except KeyboardInterrupt:
-        failed = False  # no log tails: nothing went wrong
-        log("interrupted: stopping everything")
-        return 130
-    except Exception as exc:
-        log(f"failed: {type(exc).__name__}: {exc}")
-        return 1
-    else:
-        failed = False
-        return code
-    finally:
-        if failed and res.cloudcore is not None:
-            log(f"cloudcore log tail ({res.cloudcore.log}):\n{res.cloudcore.tail()}")
-            for k in range(args.processes):
-                with contextlib.suppress(OSError):
-                    tail = (workdir / f"edges-{k}.log").read_text(errors="replace").splitlines()[-10:]
-                    log(f"edges-{k}.log tail:\n" + "\n".join(tail))
-        t = time.perf_counter()
+        res.plane = ControlPlane.up(workdir / "control-plane")
+        log(f"control plane up in {time.perf_counter() - t:.1f}s ({res.plane.state_dir})")
+        return run(bench(args, workdir, res.plane, res))
+
+    def show_logs() -> None:
+        log_tails([res.cloudcore])
+        for k in range(args.processes):
+            with contextlib.suppress(OSError):
+                tail = (workdir / f"edges-{k}.log").read_text(errors="replace").splitlines()[-10:]
+                log(f"edges-{k}.log tail:\n" + "\n".join(tail))
+
+    def teardown() -> None:
         res.stop()
-        control_plane_down(cp_dir)
         shutil.rmtree(workdir, ignore_errors=True)
-        log(f"stopped in {time.perf_counter() - t:.1f}s; whole run {time.perf_counter() - started:.1f}s")
+
+    return guarded(body, teardown=teardown, show_logs=show_logs, started=started)
 
 
 if __name__ == "__main__":

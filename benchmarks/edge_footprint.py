@@ -3,14 +3,13 @@
 Goal: RSS <= 50 MiB (KubeEdge's edgecore uses 57-80 MB). One run, everything real and on loopback:
 
   * its own control plane (etcd + kube-apiserver, ``scripts/control_plane.py up --dir``) in a temp dir;
-  * a private containerd with the locally built busybox and pause images (``tests.containerd.start``);
-  * a throwaway PKI (``tests.tunnel.Pki``), the real ``cloudcore`` and one real ``edgecore`` for node
-    ``footprint-edge``, run as subprocesses with generated config files (``tests.processes``), the edge using
+  * a private containerd with the locally built busybox and pause images (``scripts.harness.containerd``);
+  * a throwaway PKI (``scripts.harness.pki``), the real ``cloudcore`` and one real ``edgecore`` for node
+    ``footprint-edge``, run as subprocesses with generated config files (``scripts.harness.services``), the edge using
     that containerd as its CRI runtime. Both run with their production intervals (EdgeHub heartbeat 15 s,
     node status every 10 s, CloudHub keepalive 15 s), not the tests' fast ones, so that idle means idle.
 
-This benchmark imports the project's test helpers (``tests.containerd``, ``tests.processes``, ``tests.tunnel``):
-they are how the project runs its real parts.
+It runs them with the dev harness (``scripts/harness``), as the tests do.
 
 Measured, on the edgecore process (its pid is the Python interpreter running the command):
 
@@ -37,7 +36,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,13 +46,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.support import CLOCK_TICKS, control_plane_command, control_plane_down, cpu_seconds, kubeconfig_from, log
+from benchmarks.support import CLOCK_TICKS, cpu_seconds, guarded, log, log_tails, stop_services
 from cloudcore.kube import Kube, KubeError
 from common.loop import loop_name, run
-from tests.containerd import BUSYBOX_IMAGE, Containerd
-from tests.containerd import start as start_containerd
-from tests.processes import CloudCoreProcess, EdgeCoreProcess, production_env
-from tests.tunnel import Pki
+from scripts.harness.cluster import ControlPlane
+from scripts.harness.containerd import BUSYBOX_IMAGE, Containerd
+from scripts.harness.containerd import start as start_containerd
+from scripts.harness.pki import Pki
+from scripts.harness.procs import production_env
+from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = "footprint-edge"
@@ -159,20 +159,10 @@ def start_backends(res: Resources) -> Path:
     """Control plane and containerd; returns the kubeconfig. The control plane comes up in its own process while
     containerd starts here: both take seconds."""
     t = time.perf_counter()
-    with subprocess.Popen(
-        control_plane_command("up", res.control_plane), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as up:
-        try:
-            res.containerd = start_containerd()
-            log(f"containerd ready in {time.perf_counter() - t:.1f}s ({res.containerd.root})")
-            stdout, stderr = up.communicate(timeout=150)
-        except BaseException:
-            up.kill()
-            up.wait()
-            raise
-    if up.returncode != 0:
-        raise RuntimeError(f"control plane did not come up:\n{stderr[-4000:]}")
-    return kubeconfig_from(stdout)
+    res.plane, containerd = ControlPlane.up_beside(res.workdir / "control-plane", start_containerd)
+    res.containerd = containerd
+    log(f"control plane and containerd ready in {time.perf_counter() - t:.1f}s ({containerd.root})")
+    return res.plane.kubeconfig
 
 
 # --- the processes under test --------------------------------------------------------------------------------
@@ -196,7 +186,7 @@ class Resources:
     """What the run started, so that the outermost ``finally`` can stop it whatever happened."""
 
     workdir: Path
-    control_plane: Path
+    plane: ControlPlane | None = None
     containerd: Containerd | None = None
     cloudcore: CloudCoreProcess | None = None
     edgecore: EdgeCoreProcess | None = None
@@ -208,16 +198,13 @@ class Resources:
         if self.floor is not None and self.floor.poll() is None:
             self.floor.kill()
             self.floor.wait(5)
-        for name, proc in (("edgecore", self.edgecore), ("cloudcore", self.cloudcore)):
-            if proc is not None:
-                code = proc.stop()
-                if code not in (0, None) and not self.interrupted:
-                    log(f"{name} exited with {code}; log tail:\n{proc.tail(15)}")
+        stop_services([("edgecore", self.edgecore), ("cloudcore", self.cloudcore)], quiet=self.interrupted)
         if self.containerd is not None:
             problems = self.containerd.stop()
             if problems:
                 log("containerd teardown:\n  " + "\n  ".join(problems))
-        control_plane_down(self.control_plane)
+        if self.plane is not None:
+            self.plane.down()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -434,48 +421,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # stop like Ctrl-C: the finally below tears everything down
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    signal.signal(signal.SIGTERM, _sigterm)
     workdir = Path(tempfile.mkdtemp(prefix="bench-footprint-"))
-    res = Resources(workdir=workdir, control_plane=workdir / "control-plane")
-    failed = True
-    try:
-        t = time.perf_counter()
-        kubeconfig = start_backends(res)
-        log(f"control plane up after {time.perf_counter() - t:.1f}s")
-        results = run(bench(args, kubeconfig, res))
-    except KeyboardInterrupt:
-        failed = False  # no log tails: nothing went wrong
-        res.interrupted = True
-        log("interrupted: stopping everything")
-        return 130
-    except Exception as exc:
-        log(f"failed: {type(exc).__name__}: {exc}")
-        return 1
-    else:
-        failed = False
-        report(results)
-        return 0
-    finally:
-        if failed:
-            for proc in (res.cloudcore, res.edgecore):
-                if proc is not None and proc.log.exists():
-                    log(f"{proc.command} log tail ({proc.log}):\n{proc.tail(20)}")
-        t = time.perf_counter()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the teardown short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    res = Resources(workdir=workdir)
+
+    def body() -> int:
         try:
-            res.stop()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        log(f"stopped in {time.perf_counter() - t:.1f}s; whole run {time.perf_counter() - started:.1f}s")
+            t = time.perf_counter()
+            kubeconfig = start_backends(res)
+            log(f"control plane up after {time.perf_counter() - t:.1f}s")
+            report(run(bench(args, kubeconfig, res)))
+        except KeyboardInterrupt:
+            res.interrupted = True  # Ctrl-C reached the services too: their exit codes say nothing
+            raise
+        return 0
+
+    return guarded(body, teardown=res.stop, show_logs=lambda: log_tails([res.cloudcore, res.edgecore]), started=started)
 
 
 if __name__ == "__main__":

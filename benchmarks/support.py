@@ -1,15 +1,22 @@
-"""What several benchmarks share: progress on stderr, the control plane as a subprocess, /proc readings, a
-plain two-column table."""
+"""What several benchmarks share beyond the dev harness (``scripts/harness``): progress on stderr, /proc
+readings, a plain two-column table, and talking to benchmark child processes over a pipe."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import multiprocessing.process
 import os
-import subprocess
+import signal
 import sys
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from scripts.harness.services import Service
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -21,33 +28,6 @@ def log(text: str) -> None:
 def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
-
-
-# --- the control plane (scripts/control_plane.py) --------------------------------------------------------------
-
-
-def control_plane_command(command: str, state: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "scripts" / "control_plane.py"), command, "--dir", str(state)]
-
-
-def kubeconfig_from(stdout: str) -> Path:
-    for line in stdout.splitlines():
-        if line.startswith("export KUBECONFIG="):
-            return Path(line.split("=", 1)[1].strip())
-    raise RuntimeError(f"control plane printed no KUBECONFIG:\n{stdout}")
-
-
-def control_plane_up(state: Path) -> Path:
-    """Start it and wait; returns the kubeconfig."""
-    out = subprocess.run(control_plane_command("up", state), check=False, capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:
-        raise RuntimeError(f"control plane did not come up:\n{out.stderr[-4000:]}")
-    return kubeconfig_from(out.stdout)
-
-
-def control_plane_down(state: Path) -> None:
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(control_plane_command("down", state), check=False, timeout=120)
 
 
 # --- /proc ---------------------------------------------------------------------------------------------------------
@@ -68,3 +48,107 @@ def runq_seconds(pid: int) -> float:
         return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def guarded(
+    body: Callable[[], int], *, teardown: Callable[[], None], show_logs: Callable[[], None], started: float
+) -> int:
+    """A benchmark's ``main``: ``body()``'s exit code; Ctrl-C (or SIGTERM) gives 130 and an exception 1, with the
+    services' log tails. ``teardown`` runs in every case, and a second Ctrl-C cannot cut it short."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    failed = True
+    try:
+        code = body()
+    except KeyboardInterrupt:
+        failed = False  # no log tails: nothing went wrong
+        log("interrupted: stopping everything")
+        return 130
+    except Exception as exc:
+        log(f"failed: {type(exc).__name__}: {exc}")
+        return 1
+    else:
+        failed = False
+        return code
+    finally:
+        if failed:
+            show_logs()
+        t = time.perf_counter()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            teardown()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        log(f"stopped in {time.perf_counter() - t:.1f}s; whole run {time.perf_counter() - started:.1f}s")
+
+
+def log_tails(services: list[Service | None], lines: int = 20) -> None:
+    for service in services:
+        if service is not None and service.log.exists():
+            log(f"{service.command} log tail ({service.log}):\n{service.tail(lines)}")
+
+
+def stop_services(services: list[tuple[str, Service | None]], *, quiet: bool = False) -> None:
+    """Stop each service, in order; an unexpected exit code is reported with the end of its log."""
+    for name, service in services:
+        if service is not None:
+            code = service.stop()
+            if code not in (0, None) and not quiet:
+                log(f"{name} exited with {code}; log tail:\n{service.tail(15)}")
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    """VmRSS of a process, from /proc/<pid>/status; 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# --- child processes -----------------------------------------------------------------------------------------------
+
+
+async def recv(conn: Connection) -> Any:
+    """Receive from a multiprocessing pipe without blocking the loop (or a thread that would outlive it)."""
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    loop.add_reader(conn.fileno(), readable.set)
+    try:
+        while not conn.poll():  # also true at EOF: then recv() raises EOFError
+            readable.clear()
+            await readable.wait()
+    finally:
+        loop.remove_reader(conn.fileno())
+        # uvloop leaves the fd non-blocking; Connection.send/recv of a message larger than the socket buffer
+        # would then fail with EAGAIN half-way.
+        os.set_blocking(conn.fileno(), True)
+    return conn.recv()
+
+
+async def recv_within(conn: Connection, seconds: float) -> Any:
+    async with asyncio.timeout(seconds):
+        return await recv(conn)
+
+
+def stop_child(process: multiprocessing.process.BaseProcess, conn: Connection | None, timeout: float = 15) -> None:
+    """Ask a child to stop over its pipe, then terminate, then kill it; close the pipe."""
+    if conn is not None:
+        with contextlib.suppress(OSError):
+            conn.send(("stop",))
+    process.join(timeout)
+    if process.is_alive():
+        process.terminate()
+        process.join(5)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
+    if conn is not None:
+        conn.close()

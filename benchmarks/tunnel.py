@@ -36,7 +36,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from benchmarks.support import cpu_seconds, runq_seconds, table
+from benchmarks.support import cpu_seconds, recv, recv_within, rss_kib, runq_seconds, stop_child, table
 from cloudcore.cloudhub import CloudHub, HubSettings
 from common.logging import configure_logging
 from common.loop import loop_name, run
@@ -46,7 +46,7 @@ from common.protocol.reliable import DEFAULT_WINDOW
 from common.tls import server_context
 from edgecore.edgehub import EdgeHub, EdgeHubSettings
 from edgecore.metamanager.store import MetaStore
-from tests.tunnel import Pki
+from scripts.harness.pki import Pki
 
 UIDS_PER_NODE = 200  # distinct objects each node's desired set cycles over
 CONTENTION_WARN_PCT = 10.0  # run-queue wait above this: other processes took our CPUs during the window
@@ -60,13 +60,6 @@ CONTENTION_WARN_PCT = 10.0  # run-queue wait above this: other processes took ou
 
 def node_name(i: int) -> NodeName:
     return NodeName(f"edge-{i:05d}")
-
-
-def vmrss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def tcp_sockstat() -> dict[str, int]:
@@ -99,40 +92,6 @@ def pinning(args: argparse.Namespace) -> str:
     if not args.main_cpus:
         return "none"
     return f"main cpu {args.main_cpus[0]}, server cpu {args.server_cpus[0]}"
-
-
-async def recv(conn: Connection) -> Any:
-    """Receive from a multiprocessing pipe without blocking the loop (or a thread that would outlive it)."""
-    loop = asyncio.get_running_loop()
-    readable = asyncio.Event()
-    loop.add_reader(conn.fileno(), readable.set)
-    try:
-        while not conn.poll():  # also true at EOF: then recv() raises EOFError
-            readable.clear()
-            await readable.wait()
-    finally:
-        loop.remove_reader(conn.fileno())
-    return conn.recv()
-
-
-async def recv_within(conn: Connection, seconds: float) -> Any:
-    async with asyncio.timeout(seconds):
-        return await recv(conn)
-
-
-def stop_process(process: multiprocessing.process.BaseProcess, conn: Connection | None, timeout: float = 15) -> None:
-    if conn is not None:
-        with contextlib.suppress(OSError):
-            conn.send(("stop",))
-    process.join(timeout)
-    if process.is_alive():
-        process.terminate()
-        process.join(5)
-    if process.is_alive():
-        process.kill()
-        process.join(5)
-    if conn is not None:
-        conn.close()
 
 
 async def cancel_all(tasks: list[asyncio.Task[Any]], grace: float) -> int:
@@ -218,7 +177,7 @@ async def raw_echo(args: argparse.Namespace, pki: Pki) -> dict[str, float]:
         target=echo_child,
         args=(
             child,
-            (str(pki.server_cert), str(pki.server_key), str(pki.ca_file)),
+            pki.server_files,
             args.warmup + args.seconds + 120,
             args.server_cpus,
         ),
@@ -275,7 +234,7 @@ async def raw_echo(args: argparse.Namespace, pki: Pki) -> dict[str, float]:
             "server_runq_pct": 100 * (wait1[1] - wait0[1]) / elapsed,
         }
     finally:
-        stop_process(process, parent)
+        stop_child(process, parent)
 
 
 # --- the CloudHub child (b and c) --------------------------------------------------------------------------
@@ -317,7 +276,7 @@ async def _cloud_child(conn: Connection, files: tuple[str, str, str], options: d
     try:
         port = await asyncio.wait_for(hub.wait_serving(), 10)
         gc.collect()
-        conn.send({"port": port, "pid": os.getpid(), "rss_kib": vmrss_kib()})
+        conn.send({"port": port, "pid": os.getpid(), "rss_kib": rss_kib()})
         async with asyncio.timeout(options["lifetime"]):
             while True:
                 command = await recv(conn)
@@ -416,7 +375,7 @@ async def _memory(hub: CloudHub, changed: Online, expected: int) -> dict[str, An
     gc.collect()
     await asyncio.sleep(0.5)
     gc.collect()
-    return {"connected": connected, "rss_kib": vmrss_kib()}
+    return {"connected": connected, "rss_kib": rss_kib()}
 
 
 def start_cloud(
@@ -433,7 +392,7 @@ def start_cloud(
     }
     process = ctx.Process(
         target=cloud_child,
-        args=(child, (str(pki.server_cert), str(pki.server_key), str(pki.ca_file)), options),
+        args=(child, pki.server_files, options),
         name="bench-cloudhub",
     )
     process.start()
@@ -496,7 +455,7 @@ async def full_path(args: argparse.Namespace, pki: Pki, workdir: Path) -> dict[s
         task_errors = await cancel_all(tasks, 10)
         for store in stores:
             await store.close()
-        stop_process(process, conn)
+        stop_child(process, conn)
     result["edge_task_errors"] = task_errors
     rows = 0
     for node in nodes:  # what really is on disk, read back after the stores are closed
@@ -560,7 +519,7 @@ async def connections(args: argparse.Namespace, pki: Pki) -> dict[str, Any]:
         task_errors = await cancel_all(tasks, 30)
         for store in stores:
             await store.close()
-        stop_process(process, conn, timeout=30)
+        stop_child(process, conn, timeout=30)
         teardown_s = time.perf_counter() - teardown_started
     before_kib = hello["rss_kib"]
     result: dict[str, Any] = {

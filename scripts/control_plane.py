@@ -18,8 +18,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -34,6 +32,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from scripts.harness.procs import free_port, is_ours, stop_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = Path(os.environ.get("KUBAGE_CONTROL_PLANE_DIR", "/tmp/kubage-control-plane"))
@@ -204,13 +204,6 @@ def write_kubeconfig(state: Path, port: int) -> Path:
 # --- processes --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _start(state: Path, name: str, argv: list[str]) -> int:
     log = (state / f"{name}.log").open("ab")
     proc = subprocess.Popen(
@@ -234,35 +227,15 @@ def _recorded_pid(state: Path, name: str) -> int | None:
     try:
         pid = int((state / f"{name}.pid").read_text())
         binary = (state / f"{name}.exe").read_text()
-        running = os.readlink(f"/proc/{pid}/exe")  # fails for a zombie, which has no executable any more
     except (OSError, ValueError):
         return None
-    return pid if running == binary else None  # a reused pid belongs to someone else: leave it alone
+    return pid if is_ours(pid, binary) else None  # a reused pid belongs to someone else: leave it alone
 
 
 def _stop(state: Path, name: str) -> None:
     pid = _recorded_pid(state, name)
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and _recorded_pid(state, name) is not None:
-        if _reap(pid):
-            return
-        time.sleep(0.05)
-    if _recorded_pid(state, name) is not None:
-        os.kill(pid, signal.SIGKILL)
-        while _recorded_pid(state, name) is not None and not _reap(pid):
-            time.sleep(0.05)
-
-
-def _reap(pid: int) -> bool:
-    """Collect the process if it is our child (``up`` and ``down`` in one Python process, as in tests)."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return False
-    return done == pid
+    if pid is not None:
+        stop_pid(pid, (state / f"{name}.exe").read_text(), timeout=STOP_TIMEOUT_S)
 
 
 def _ssl_context(state: Path) -> ssl.SSLContext:

@@ -13,7 +13,8 @@ the device; and ``keadm diagnose`` on the edge node. Then it prints how to look 
 
 Everything lives in one directory (default ``/tmp/kubage-demo``, or ``$KUBAGE_DEMO_DIR``): the services' logs in
 ``logs/``, and ``state.json`` with the pid of the demo and of every process it started. Ctrl-C (or SIGTERM, which
-is what ``down`` sends the demo) stops everything in reverse order. If the demo process itself is gone, ``down``
+is what ``down`` sends the demo) stops everything in reverse order, and moves ``state.json`` to
+``logs/processes.json``. If the demo process itself is gone, ``down``
 stops the recorded processes itself, each only if ``/proc/PID/exe`` is still the binary that was started.
 
 ``--once`` (or ``DEMO_ONCE=1``): no waiting; tear down after the last check and exit 0 only if every step
@@ -33,7 +34,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +43,10 @@ import yaml
 
 from cloudcore.kube import Conflict, Kube
 from keadm.paths import EdgeLayout
-from tests.containerd import BUSYBOX_IMAGE, Containerd
-from tests.containerd import start as start_containerd
-from tests.mqtt import Mosquitto
-from tests.processes import free_port, production_env
+from scripts.harness.containerd import BUSYBOX_IMAGE, Containerd
+from scripts.harness.containerd import start as start_containerd
+from scripts.harness.mosquitto import Mosquitto
+from scripts.harness.procs import Process, free_port, http_ok, identity, is_ours, production_env, stop_pid, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin: cloudcore, edgecore, keadm, kubage-mapper
@@ -57,7 +57,6 @@ DEVICES = "/apis/devices.kubeedge.io/v1beta1"
 POD = "hello"
 DEVICE = "thermometer-1"
 READINGS = 4  # distinct temperature readings to see arrive before moving on
-STOP_TIMEOUT_S = 15.0
 
 
 class StepFailed(Exception):
@@ -110,65 +109,14 @@ class Progress:
         self.open = False
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def _with_logs(message: str, logs: list[Path] | None) -> str:
     parts = [message]
     for log in logs or []:
-        parts.append(f"--- last lines of {log}:\n{_tail(log)}")
+        parts.append(f"--- last lines of {log}:\n{tail(log, 15)}")
     return "\n".join(parts)
 
 
 # --- processes and state ---------------------------------------------------------------------------------------
-
-
-def _exe(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:  # gone, or a zombie
-        return None
-
-
-def _ours(pid: int, exe: str, arg: str = "") -> bool:
-    """``pid`` still runs ``exe`` (and has ``arg`` on its command line): a reused pid belongs to someone else and
-    is left alone. ``arg`` tells our Python services apart, whose exe is the shared interpreter."""
-    if _exe(pid) != exe:
-        return False
-    if not arg:
-        return True
-    try:
-        return arg.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-
-
-def _identity(pid: int, arg: str = "") -> dict[str, Any]:
-    """What the state file keeps of a process: Popen returns only after exec, so /proc/PID/exe is already its
-    binary (the interpreter, for a Python console script; ``arg`` is then the script)."""
-    return {"pid": pid, "exe": _exe(pid) or "", "arg": arg}
-
-
-def _stop_pid(pid: int, exe: str, arg: str = "", timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``; only while the pid is still ours."""
-    if not _ours(pid, exe, arg):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _ours(pid, exe, arg) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-    if _ours(pid, exe, arg):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
 
 
 class _AdoptedProcess:
@@ -181,7 +129,7 @@ class _AdoptedProcess:
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        if self.returncode is None and not _ours(self.pid, self.exe):
+        if self.returncode is None and not is_ours(self.pid, self.exe):
             self.returncode = 0
         return self.returncode
 
@@ -203,47 +151,10 @@ class _AdoptedProcess:
 
 
 @dataclass
-class Service:
-    """A command of ours run in the background, its output in a log file."""
-
-    name: str
-    argv: list[str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            # Own session: a Ctrl-C in the terminal reaches only the demo, which stops services in order.
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=production_env(),
-                start_new_session=True,
-                cwd=self.log.parent,
-            )
-
-    def exited(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-@dataclass
 class Demo:
     directory: Path
     progress: Progress = field(default_factory=lambda: Progress(13))
-    services: dict[str, Service] = field(default_factory=dict)
+    services: dict[str, Process] = field(default_factory=dict)
     mosquitto: Mosquitto | None = None
     containerd: Containerd | None = None
     containerd_start: asyncio.Future[Containerd] | None = None
@@ -280,16 +191,16 @@ class Demo:
         processes: dict[str, dict[str, Any]] = {}
         for name, service in self.services.items():
             if service.proc is not None:
-                processes[name] = _identity(service.proc.pid, service.argv[0])
+                processes[name] = service.identity()
         if self.mosquitto is not None and self.mosquitto.proc is not None:
-            processes["mosquitto"] = _identity(self.mosquitto.proc.pid)
+            processes["mosquitto"] = identity(self.mosquitto.proc.pid)
         state: dict[str, Any] = {
-            "demo": _identity(os.getpid()),
+            "demo": identity(os.getpid()),
             "processes": processes,
             "control_plane": str(self.control_plane),
         }
         if self.containerd is not None:
-            state["containerd"] = {"root": str(self.containerd.root), **_identity(self.containerd.process.pid)}
+            state["containerd"] = {"root": str(self.containerd.root), **identity(self.containerd.process.pid)}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)
@@ -324,20 +235,20 @@ class Demo:
             )
         return text
 
-    def start_service(self, name: str, argv: list[str]) -> Service:
-        service = Service(name, argv, self.logs / f"{name}.log")
+    def start_service(self, name: str, argv: list[str]) -> Process:
+        service = Process(argv, self.logs / f"{name}.log", cwd=self.logs, name=name)
         self.services[name] = service
         service.start()
         self.save_state()
         return service
 
-    async def wait_ready(self, service: Service, port: int) -> None:
+    async def wait_ready(self, service: Process, port: int) -> None:
         """Until ``GET /readyz`` on ``port`` answers 200; fails at once if the service exits."""
         while True:
             code = service.exited()
             if code is not None:
                 raise StepFailed(f"{service.name} exited with {code}")
-            if await asyncio.to_thread(_http_ok, f"http://127.0.0.1:{port}/readyz"):
+            if await asyncio.to_thread(http_ok, f"http://127.0.0.1:{port}/readyz"):
                 return
             await asyncio.sleep(0.2)
 
@@ -639,7 +550,8 @@ Look around:
                 check=False,
                 capture_output=True,
             )
-        self.state_file.unlink(missing_ok=True)
+        if self.state_file.exists():  # what ran, for a look afterwards (and for the test that checks it all stopped)
+            self.state_file.replace(self.logs / "processes.json")
         print(f" done; the logs stay in {self.logs}", flush=True)
 
 
@@ -726,22 +638,11 @@ def _show(value: str) -> str:
         return value
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-# --- up / down -------------------------------------------------------------------------------------------------
-
-
 def _running_demo(state: dict[str, Any]) -> int | None:
     """The pid of a demo process that is still running, from a state file."""
     demo = state.get("demo") or {}
     pid, exe = demo.get("pid"), demo.get("exe")
-    if not isinstance(pid, int) or not isinstance(exe, str) or pid == os.getpid() or not _ours(pid, exe):
+    if not isinstance(pid, int) or not isinstance(exe, str) or pid == os.getpid() or not is_ours(pid, exe):
         return None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -764,7 +665,7 @@ def cleanup_leftovers(directory: Path, state: dict[str, Any]) -> None:
     for name in ("mapper", "edgecore", "cloudcore", "mosquitto"):
         entry = processes.get(name)
         if isinstance(entry, dict) and isinstance(entry.get("pid"), int) and isinstance(entry.get("exe"), str):
-            _stop_pid(entry["pid"], entry["exe"], str(entry.get("arg") or ""))
+            stop_pid(entry["pid"], entry["exe"], str(entry.get("arg") or ""))
     ctd = state.get("containerd")
     if isinstance(ctd, dict) and Path(str(ctd.get("root", ""))).is_dir():
         process = _AdoptedProcess(int(ctd["pid"]), str(ctd["exe"]))
@@ -796,7 +697,7 @@ def down(directory: Path) -> int:
             print("stopped")
             return 0
         print(f"the demo (pid {pid}) did not stop within 120 s; stopping its processes directly")
-        _stop_pid(pid, state["demo"]["exe"], timeout=1)  # it holds nothing the steps below do not stop
+        stop_pid(pid, state["demo"]["exe"], timeout=1)  # it holds nothing the steps below do not stop
     else:
         print("the demo process is gone; stopping what it left running")
     cleanup_leftovers(directory, state)

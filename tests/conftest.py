@@ -3,48 +3,28 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cloudcore.kube import Kube
-from tests.containerd import Containerd, ContainerdError
-from tests.containerd import start as start_containerd
-from tests.mqtt import Mosquitto, MosquittoError
-from tests.processes import CloudCoreProcess
-from tests.tunnel import Pki
-
-ROOT = Path(__file__).resolve().parent.parent
-CONTROL_PLANE = ROOT / "scripts" / "control_plane.py"
-
-
-@dataclass(frozen=True)
-class ControlPlane:
-    state_dir: Path
-    kubeconfig: Path
-
-    def run(self, command: str) -> None:
-        subprocess.run([sys.executable, str(CONTROL_PLANE), command, "--dir", str(self.state_dir)], check=True)
+from scripts.harness.cluster import ControlPlane, ControlPlaneError
+from scripts.harness.containerd import Containerd, ContainerdError
+from scripts.harness.containerd import start as start_containerd
+from scripts.harness.mosquitto import Mosquitto, MosquittoError
+from scripts.harness.pki import Pki
+from scripts.harness.services import CloudCoreProcess
 
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """etcd + kube-apiserver on loopback, started once per test session by scripts/control-plane."""
-    state = tmp_path_factory.mktemp("control-plane") / "state"
-    out = subprocess.run(
-        [sys.executable, str(CONTROL_PLANE), "up", "--dir", str(state)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        pytest.fail(f"scripts/control-plane up failed:\n{out.stderr}", pytrace=False)
-    kubeconfig = Path(out.stdout.strip().removeprefix("export KUBECONFIG="))
-    plane = ControlPlane(state_dir=state, kubeconfig=kubeconfig)
+    try:
+        plane = ControlPlane.up(tmp_path_factory.mktemp("control-plane") / "state")
+    except ControlPlaneError as exc:
+        pytest.fail(str(exc), pytrace=False)
     try:
         yield plane
     finally:

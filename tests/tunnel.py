@@ -1,51 +1,21 @@
-"""Helpers for tunnel tests: a throwaway PKI, a CloudHub on a free loopback port, EdgeHubs with their stores."""
+"""Helpers for tunnel tests: a CloudHub on a free loopback port, EdgeHubs with their stores, ``eventually``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import random
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudcore.cloudhub import CloudHub, HubSettings
 from common.messages import Message, NodeName, ObjectUid
-from common.pki import CertificateAuthority, cert_pem, write_pair
 from common.protocol.backoff import backoff_delays
 from common.protocol.downstream import DesiredObject
-from common.tls import client_context, server_context
 from edgecore.edgehub import EdgeHub, EdgeHubSettings
 from edgecore.metamanager.store import MetaStore
-
-
-@dataclass
-class Pki:
-    directory: Path
-    ca: CertificateAuthority = field(default_factory=lambda: CertificateAuthority.create("kubage-test-ca"))
-
-    def __post_init__(self) -> None:
-        self.ca_file = self.directory / "ca.crt"
-        self.ca_key_file = self.directory / "ca.key"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.ca_file.write_bytes(cert_pem(self.ca.cert))
-        self.ca_key_file.write_bytes(self.ca.key_pem)
-        self.ca_key_file.chmod(0o600)
-        key, cert = self.ca.issue_server(["127.0.0.1", "localhost"])
-        self.server_cert, self.server_key = write_pair(self.directory, "server", key, cert)
-
-    def server_context(self) -> ssl.SSLContext:
-        return server_context(self.server_cert, self.server_key, self.ca_file)
-
-    def node_files(self, node: str) -> tuple[Path, Path]:
-        """A client certificate for ``node`` (CN=system:node:<node>): its cert and key paths."""
-        key, cert = self.ca.issue_node(node)
-        return write_pair(self.directory, f"node-{node}", key, cert)
-
-    def node_context(self, node: str) -> ssl.SSLContext:
-        cert_path, key_path = self.node_files(node)
-        return client_context(cert_path, key_path, self.ca_file)
+from scripts.harness.pki import Pki
 
 
 def pod(i: int, rv: int, node: str = "edge-a") -> DesiredObject:

@@ -10,8 +10,8 @@ from asyncua import ua
 from asyncua.server.server import Server
 from pymodbus.server import ModbusTcpServer
 
+from scripts.harness.procs import free_port
 from tests.devicesim import modbus_server
-from tests.processes import free_port
 
 
 @pytest.fixture

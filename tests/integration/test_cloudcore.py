@@ -15,9 +15,10 @@ from cloudcore.kube import Kube, KubeError
 from common import upstream
 from common.upstream import ResourceType
 from edgecore.edgehub import EdgeHub
-from tests.conftest import ControlPlane
-from tests.processes import CloudCoreProcess
-from tests.tunnel import Pki, eventually, running_edge
+from scripts.harness.cluster import EDGE_LABEL, ControlPlane, create_edge_node
+from scripts.harness.pki import Pki
+from scripts.harness.services import CloudCoreProcess
+from tests.tunnel import eventually, running_edge
 
 pytestmark = pytest.mark.kube
 
@@ -43,16 +44,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-async def make_node(kube: Kube, name: str) -> None:
-    await kube.request(
-        "POST",
-        "/api/v1/nodes",
-        body={
-            "metadata": {"name": name, "labels": {"node-role.kubernetes.io/edge": ""}},
-        },
-    )
-
-
 def pod_body(name: str, node: str, *, configmap: str | None = None, secret: str | None = None) -> dict[str, Any]:
     container: dict[str, Any] = {"name": "main", "image": "localhost/busybox:1.35"}
     spec: dict[str, Any] = {"nodeName": node, "containers": [container]}
@@ -76,7 +67,7 @@ async def test_pod_and_what_it_uses_arrive_follow_updates_and_leave(
     control_plane: ControlPlane, kube: Kube, cloudcore: CloudCoreProcess, pki: Pki, namespace: str, tmp_path: Path
 ) -> None:
     node = unique("edge")
-    await make_node(kube, node)
+    await create_edge_node(kube, node)
     core = client.CoreV1Api(kube.api)  # created through kubernetes_asyncio's typed API, as a user would
     meta = client.V1ObjectMeta
     await core.create_namespaced_config_map(
@@ -167,7 +158,7 @@ async def test_a_node_gets_and_reads_only_its_own_objects(
 ) -> None:
     mine, theirs = unique("edge-a"), unique("edge-b")
     for node in (mine, theirs):
-        await make_node(kube, node)
+        await create_edge_node(kube, node)
     for name, node in (("cfg-mine", mine), ("cfg-theirs", theirs)):
         await kube.request(
             "POST", f"/api/v1/namespaces/{namespace}/configmaps", body={"metadata": {"name": name}, "data": {"k": "v"}}
@@ -229,7 +220,7 @@ async def test_pod_status_reaches_the_api_and_the_lease_is_renewed(
         await eventually(lambda: _node_ready(kube, node))
         registered = await kube.get(f"/api/v1/nodes/{node}")
         assert registered["metadata"]["labels"]["site"] == "plant-7"
-        assert registered["metadata"]["labels"]["node-role.kubernetes.io/edge"] == ""
+        assert registered["metadata"]["labels"][EDGE_LABEL] == ""
         assert registered["status"]["capacity"]["cpu"] == "2"
         pod = await kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body=pod_body("web", node))
         await eventually(lambda: _holds(edge, {"pod": {"web"}, "node": {node}}))

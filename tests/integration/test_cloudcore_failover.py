@@ -10,10 +10,11 @@ import pytest
 
 from cloudcore.kube import Kube
 from edgecore.edgehub import EdgeHub
-from tests.conftest import ControlPlane
-from tests.integration.test_cloudcore import make_node, pod_body
-from tests.processes import CloudCoreProcess
-from tests.tunnel import Pki, eventually, running_edge
+from scripts.harness.cluster import ControlPlane, create_edge_node
+from scripts.harness.pki import Pki
+from scripts.harness.services import CloudCoreProcess
+from tests.integration.test_cloudcore import pod_body
+from tests.tunnel import eventually, running_edge
 
 pytestmark = pytest.mark.kube
 
@@ -58,7 +59,7 @@ async def test_cloudcore_killed_apiserver_restarted_edge_offline_resyncs_only_th
 ) -> None:
     namespace, node = f"t-{uuid.uuid4().hex[:8]}", f"edge-{uuid.uuid4().hex[:6]}"
     await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
-    await make_node(kube, node)
+    await create_edge_node(kube, node)
     for i in range(30):
         await create(kube, namespace, f"base-{i}", node)
     cloudcore = CloudCoreProcess(tmp_path / "cc", kubeconfig=control_plane.kubeconfig, pki=pki)
@@ -115,7 +116,7 @@ async def test_an_edge_fails_over_between_two_replicas_without_duplicates(
 ) -> None:
     namespace, node = f"t-{uuid.uuid4().hex[:8]}", f"edge-{uuid.uuid4().hex[:6]}"
     await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
-    await make_node(kube, node)
+    await create_edge_node(kube, node)
     first = CloudCoreProcess(tmp_path / "cc1", kubeconfig=control_plane.kubeconfig, pki=pki)
     second = CloudCoreProcess(tmp_path / "cc2", kubeconfig=control_plane.kubeconfig, pki=pki)
     first.start()

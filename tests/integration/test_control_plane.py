@@ -6,7 +6,6 @@ import asyncio
 import base64
 import ssl
 import subprocess
-import sys
 import tempfile
 import urllib.request
 import uuid
@@ -17,9 +16,7 @@ import yaml
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.api_client import ApiClient
 
-from tests.conftest import CONTROL_PLANE, ControlPlane
-
-EDGE_LABEL = "node-role.kubernetes.io/edge"
+from scripts.harness.cluster import EDGE_LABEL, ControlPlane, command
 
 
 async def api_client(plane: ControlPlane) -> ApiClient:
@@ -100,7 +97,7 @@ def test_down_stops_exactly_what_up_started(tmp_path: Path) -> None:
     """A second, private control plane: `down` kills its own pids and removes its directory."""
     state = tmp_path / "cp"
     up = subprocess.run(
-        [sys.executable, str(CONTROL_PLANE), "up", "--dir", str(state)],
+        command("up", state),
         capture_output=True,
         text=True,
         check=False,
@@ -110,7 +107,7 @@ def test_down_stops_exactly_what_up_started(tmp_path: Path) -> None:
     for pid in pids:
         assert Path(f"/proc/{pid}").exists()
     down = subprocess.run(
-        [sys.executable, str(CONTROL_PLANE), "down", "--dir", str(state)],
+        command("down", state),
         capture_output=True,
         text=True,
         check=False,

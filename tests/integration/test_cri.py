@@ -31,7 +31,7 @@ from edgecore.edged.runtime import (
     SandboxConfig,
     SandboxState,
 )
-from tests.containerd import BUSYBOX_IMAGE, CGROUP_ROOT, Containerd
+from scripts.harness.containerd import BUSYBOX_IMAGE, CGROUP_ROOT, Containerd
 
 MiB = 1024 * 1024
 T = TypeVar("T")

@@ -4,6 +4,7 @@ each step, tears it all down and exits 0 only if every step succeeded."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import production_env
+from scripts.harness.procs import is_ours, production_env
 
 pytestmark = pytest.mark.kube
 
@@ -50,7 +51,11 @@ def test_the_demo_runs_every_step_and_leaves_nothing_running(tmp_path: Path) -> 
     assert "hello from busybox on demo-edge" in out.stdout  # the pod's own log line
     assert "reported fanSpeed = 3" in out.stdout  # the desired value reached the device
     assert "all 13 steps ok" in out.stdout
-    # Everything it started names the demo dir or containerd's temp root on its command line.
+    # Every process it recorded has stopped, and nothing naming this run's demo dir or containerd root is left.
+    recorded = json.loads((demo_dir / "logs" / "processes.json").read_text())
+    started = [recorded["containerd"], *recorded["processes"].values()]
+    assert {"cloudcore", "edgecore", "mapper", "mosquitto"} <= set(recorded["processes"])
+    assert [p for p in started if is_ours(p["pid"], p["exe"], p.get("arg", ""))] == []
     roots = re.findall(r"(/tmp/kubage-containerd-\w+)", out.stdout)
-    assert roots, out.stdout
-    assert processes_mentioning(str(demo_dir), *roots, "kubage-mapper --protocol virtual --node demo-edge") == []
+    assert set(roots) == {recorded["containerd"]["root"]}, out.stdout
+    assert processes_mentioning(str(demo_dir), *roots) == []

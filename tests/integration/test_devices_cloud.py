@@ -12,8 +12,10 @@ import pytest
 from cloudcore.kube import Kube
 from common import upstream
 from edgecore.edgehub import EdgeHub
-from tests.processes import CloudCoreProcess
-from tests.tunnel import Pki, eventually, running_edge
+from scripts.harness.cluster import create_edge_node
+from scripts.harness.pki import Pki
+from scripts.harness.services import CloudCoreProcess
+from tests.tunnel import eventually, running_edge
 
 pytestmark = pytest.mark.kube
 DEVICES = "/apis/devices.kubeedge.io/v1beta1"
@@ -73,9 +75,7 @@ async def test_devices_go_down_twins_come_up_and_nodes_stay_apart(
     )
     await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
     for node in (mine, theirs):
-        await kube.request(
-            "POST", "/api/v1/nodes", body={"metadata": {"name": node, "labels": {"node-role.kubernetes.io/edge": ""}}}
-        )
+        await create_edge_node(kube, node)
     await kube.request(
         "POST",
         f"{DEVICES}/namespaces/{namespace}/devicemodels",

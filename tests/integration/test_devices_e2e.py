@@ -13,11 +13,13 @@ import pytest
 from pymodbus.server import ModbusTcpServer
 
 from cloudcore.kube import Kube
+from scripts.harness.cluster import create_edge_node
+from scripts.harness.mosquitto import Mosquitto
+from scripts.harness.pki import Pki
+from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess, MapperProcess
 from tests.devicesim import HOLDING, INPUT
 from tests.faultproxy import FaultProxy
-from tests.mqtt import Mosquitto
-from tests.processes import CloudCoreProcess, EdgeCoreProcess, MapperProcess
-from tests.tunnel import Pki, eventually
+from tests.tunnel import eventually
 
 pytestmark = pytest.mark.kube
 DEVICES = "/apis/devices.kubeedge.io/v1beta1"
@@ -57,9 +59,7 @@ async def namespace_and_edge_node(kube: Kube) -> tuple[str, str]:
     """A fresh namespace and an edge Node (labelled as CloudCore watches for), both with unique names."""
     namespace, node = f"t-{uuid.uuid4().hex[:8]}", f"edge-{uuid.uuid4().hex[:6]}"
     await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
-    await kube.request(
-        "POST", "/api/v1/nodes", body={"metadata": {"name": node, "labels": {"node-role.kubernetes.io/edge": ""}}}
-    )
+    await create_edge_node(kube, node)
     return namespace, node
 
 

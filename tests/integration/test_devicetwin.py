@@ -29,7 +29,7 @@ from common.messages import Operation
 from edgecore.devicetwin import DeviceTwin
 from edgecore.eventbus import EventBus, EventBusSettings
 from edgecore.metamanager.store import MetaStore
-from tests.processes import free_port
+from scripts.harness.procs import free_port
 from tests.store import put
 from tests.tunnel import eventually, fast_backoff
 from tests.unit.devicetwin.objects import NAMESPACE, Upstream, thermometer, thermometer_model

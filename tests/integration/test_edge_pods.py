@@ -19,9 +19,10 @@ import pytest
 from cloudcore.kube import Kube, KubeError
 from edgecore.edged.cri import CriRuntime
 from edgecore.edged.runtime import POD_UID, ContainerState
+from scripts.harness.pki import Pki
+from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess
 from tests.faultproxy import FaultProxy
-from tests.processes import CloudCoreProcess, EdgeCoreProcess
-from tests.tunnel import Pki, eventually
+from tests.tunnel import eventually
 
 pytestmark = pytest.mark.kube
 

@@ -30,8 +30,9 @@ from cloudcore.kube import Kube, KubeError
 from common.certclient import CertServiceError, request_certificate
 from common.pki import new_csr, new_key
 from keadm.paths import EdgeLayout
-from tests.conftest import ControlPlane
-from tests.processes import CloudCoreProcess, Service, free_port, production_env
+from scripts.harness.cluster import ControlPlane
+from scripts.harness.procs import free_port, production_env
+from scripts.harness.services import CloudCoreProcess, Service
 from tests.tunnel import eventually
 
 pytestmark = pytest.mark.kube

@@ -24,9 +24,9 @@ import yaml
 from aiohttp import web
 
 from common.pki import CertificateAuthority, new_key, node_subject, write_pair
-from tests.mqtt import Mosquitto
-from tests.processes import BIN, free_port, production_env
-from tests.tunnel import Pki
+from scripts.harness.mosquitto import Mosquitto
+from scripts.harness.pki import Pki
+from scripts.harness.procs import BIN, free_port, production_env
 
 CHECKS = ("runtime", "mqtt", "cloud", "certificate", "disk")
 RUN_TIMEOUT_S = 30.0  # diagnose bounds each check by ~3 s; this only keeps a hung command from hanging the suite

@@ -17,8 +17,8 @@ import yaml
 from cloudcore.certs import load_ca
 from cloudcore.kube import Kube
 from common.pki import CertificateAuthority, cert_pem, key_pem
-from tests.conftest import ControlPlane
-from tests.processes import free_port
+from scripts.harness.cluster import ControlPlane
+from scripts.harness.procs import free_port
 
 KEADM = Path(sys.executable).parent / "keadm"
 ADVERTISE = "192.0.2.10,cloud.example.com"

@@ -11,7 +11,7 @@ import pytest
 
 from cloudcore.kube import Kube, NotFound
 from keadm.paths import EdgeLayout
-from tests.conftest import ControlPlane
+from scripts.harness.cluster import ControlPlane
 from tests.integration.test_keadm_init import INSTALLED, init, keadm
 
 KEPT = {

@@ -37,13 +37,13 @@ from common.devices import (
 from common.protocol.backoff import backoff_delays
 from mappers.sdk import Broker, MapperRunner, load_driver
 from mappers.sdk.runner import cancel_until_done
+from scripts.harness.mosquitto import Mosquitto
+from scripts.harness.procs import free_port, production_env
 from tests.devicesim import COIL, HOLDING, INPUT, modbus_server
-from tests.mqtt import Mosquitto
-from tests.processes import free_port, production_env
 
 Payload = dict[str, Any]
 BIN = Path(sys.executable).parent
-_quiet = logging.getLogger("tests.mqtt.edge")
+_quiet = logging.getLogger("tests.mappers.edge")
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109

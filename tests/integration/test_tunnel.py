@@ -17,7 +17,8 @@ from common.messages import NodeName, ObjectUid
 from common.pki import CertificateAuthority, new_key, write_pair
 from common.protocol.session import CloseCode
 from common.tls import client_context
-from tests.tunnel import Pki, eventually, pod, running_cloud, running_edge
+from scripts.harness.pki import Pki
+from tests.tunnel import eventually, pod, running_cloud, running_edge
 
 A = NodeName("edge-a")
 B = NodeName("edge-b")

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from common.messages import NodeName
+from scripts.harness.pki import Pki
 from tests.faultproxy import FaultProxy
-from tests.tunnel import Pki, eventually, pod, running_cloud, running_edge
+from tests.tunnel import eventually, pod, running_cloud, running_edge
 
 A = NodeName("edge-a")
 
@@ -97,3 +98,4 @@ async def test_a_refused_and_then_healed_cloud_is_rejoined_with_backoff(pki: Pki
                 proxy.refuse(False)
                 await asyncio.wait_for(edge.connected.wait(), 10)
                 await eventually(lambda: _equals(edge, {"edge-a-pod-1": "5"}))
+

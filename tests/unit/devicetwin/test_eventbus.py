@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from edgecore.eventbus import EventBus, EventBusSettings, parse_server
-from tests.processes import free_port
+from scripts.harness.procs import free_port
 
 
 def test_server_addresses() -> None:

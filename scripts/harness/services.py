@@ -1,13 +1,14 @@
-"""Run the real ``cloudcore`` and ``edgecore`` commands as subprocesses, as an operator would."""
+"""The real ``cloudcore``, ``edgecore`` and ``kubage-mapper`` commands as subprocesses, as an operator runs them.
+
+Each writes its YAML config into its work dir (``settings()``), logs to a file beside it, and answers
+``/readyz`` on its monitor port.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
+import contextlib
 import subprocess
-import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,94 +16,77 @@ from typing import Any
 
 import yaml
 
-from tests.tunnel import Pki
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def production_env() -> dict[str, str]:
-    """The environment without asyncio's debug mode, which pytest runs with: the services run as they
-    would in production. (Any non-empty PYTHONASYNCIODEBUG turns debug mode on, "0" too.)"""
-    return {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}
+from scripts.harness.pki import Pki
+from scripts.harness.procs import BIN, Process, free_port, http_ok
 
 
 @dataclass
 class Service:
-    """A command with a config file, a log file and an HTTP /readyz."""
+    """A command of ours with a config file, a log file and an HTTP /readyz."""
 
     workdir: Path
     command: str = ""
     monitor_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = self.workdir / f"{self.command}.yaml"
         self.log = self.workdir / f"{self.command}.log"
         self.config.write_text(yaml.safe_dump(self.settings()))
+        self.process = Process(self.argv(), self.log)
 
     def settings(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def argv(self) -> list[str]:
+        return [str(BIN / self.command), "--config", str(self.config)]
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.proc
+
     def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(BIN / self.command), "--config", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=production_env(),
-            )
+        self.process.start()
 
     async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.command} exited with {self.proc.returncode}:\n{self.tail()}")
-            if await asyncio.to_thread(self._ready):
+            code = self.process.exited()
+            if code is not None:
+                raise AssertionError(f"{self.command} exited with {code}:\n{self.tail()}")
+            if await asyncio.to_thread(http_ok, f"http://127.0.0.1:{self.monitor_port}/readyz"):
                 return
             await asyncio.sleep(0.1)
         raise AssertionError(f"{self.command} not ready after {timeout}s:\n{self.tail()}")
 
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/readyz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/metrics", timeout=5) as resp:
+        url = f"http://127.0.0.1:{self.monitor_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
             return str(resp.read().decode())
 
+    def samples(self) -> dict[str, float]:
+        """The unlabelled samples of /metrics by name; {} when it does not answer."""
+        try:
+            text = self.metrics()
+        except OSError:
+            return {}
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, _, value = line.partition(" ")
+                with contextlib.suppress(ValueError):
+                    found[name] = float(value)
+        return found
+
     def kill(self) -> None:
-        """SIGKILL: no goodbye to anyone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        self.process.kill()
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return self.process.stop()
 
     def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return self.process.tail(lines)
 
 
 @dataclass
@@ -114,6 +98,8 @@ class CloudCoreProcess(Service):
     cert_port: int = field(default_factory=free_port)  # the certificate service
     keepalive_interval: float = 2.0
     cert_days: float = 365.0  # edgeCertSigningDuration
+    node_limit: int = 500
+    lease_renew_interval: float = 0.5
 
     def settings(self) -> dict[str, Any]:
         files: dict[str, Any]
@@ -138,11 +124,12 @@ class CloudCoreProcess(Service):
                 "cloudHub": {
                     **files,
                     "keepaliveInterval": self.keepalive_interval,
+                    "nodeLimit": self.node_limit,
                     "websocket": {"address": "127.0.0.1", "port": self.port},
                     "https": {"address": "127.0.0.1", "port": self.cert_port},
                     "edgeCertSigningDuration": self.cert_days,
                 },
-                "edgeController": {"leaseRenewInterval": 0.5},
+                "edgeController": {"leaseRenewInterval": self.lease_renew_interval},
             },
         }
 
@@ -199,11 +186,5 @@ class MapperProcess(Service):
     def settings(self) -> dict[str, Any]:
         return {}
 
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(BIN / self.command), "--protocol", self.protocol, "--node", self.node, "--broker", self.broker],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=production_env(),
-            )
+    def argv(self) -> list[str]:
+        return [str(BIN / self.command), "--protocol", self.protocol, "--node", self.node, "--broker", self.broker]

@@ -32,9 +32,9 @@ import grpc
 
 from edgecore.edged.cri import api_pb2 as pb
 from edgecore.edged.cri import api_pb2_grpc as pb_grpc
+from scripts.harness.procs import stop, tail
 
-ROOT = Path(__file__).resolve().parent.parent
-MKIMAGE = ROOT / "scripts" / "mkimage.py"
+MKIMAGE = Path(__file__).resolve().parent.parent / "mkimage.py"
 BUSYBOX = Path("/bin/busybox")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kubage" / "images"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -111,10 +111,7 @@ class Containerd:
         return self.root / "state"
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return tail(self.log, lines)
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         out = subprocess.run(
@@ -155,13 +152,14 @@ class Containerd:
             while True:
                 try:
                     runtime.Version(pb.VersionRequest(version="v1"), timeout=5)
-                    return
                 except grpc.RpcError as exc:
                     if time.monotonic() > deadline:
                         raise ContainerdError(
                             f"containerd's CRI plugin does not answer: {exc}\n{self.log_tail()}"
                         ) from None
                     time.sleep(0.1)
+                else:
+                    return
 
     def import_images(self, timeout: float = 10.0) -> None:
         for ref, cmd in IMAGES.items():
@@ -217,7 +215,7 @@ class Containerd:
     def stop(self) -> list[str]:
         """Tear everything down; returns the problems met (teardown never raises)."""
         problems = self.remove_all()
-        _terminate(self.process, STOP_TIMEOUT_S)
+        stop(self.process, STOP_TIMEOUT_S)
         problems += self._kill_leftover_tasks()
         problems += unmount_under(self.root)
         remove_cgroups()
@@ -286,17 +284,6 @@ def _rpc_error(exc: Any) -> str:
         return f"{exc.code().name}: {exc.details()}"
     except AttributeError:
         return str(exc)
-
-
-def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout)
 
 
 def unmount_under(root: Path) -> list[str]:
