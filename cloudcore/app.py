@@ -11,10 +11,10 @@ from pathlib import Path
 from cloudcore.certs import ensure_ca, write_serving_cert
 from cloudcore.certservice import CertService
 from cloudcore.cloudhub import CloudHub, HubSettings
-from cloudcore.config import CloudCoreConfig, ca_from_files
+from cloudcore.config import CloudCoreConfig, ca_from_files, kube_rate
 from cloudcore.edgecontroller.lease import LeaseRenewer
 from cloudcore.edgecontroller.placement import EDGE_LABEL, Placement
-from cloudcore.edgecontroller.upstream import Upstream
+from cloudcore.edgecontroller.upstream import RetryPolicy, Upstream
 from cloudcore.informer import Informer
 from cloudcore.kube import Kube
 from cloudcore.monitor import HubCollector
@@ -55,7 +55,10 @@ def _pki_from_files(config: CloudCoreConfig) -> tuple[CertificateAuthority | Non
 
 async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[], Awaitable[None]]]:
     hub_config = config.modules.cloud_hub
-    kube = await Kube.connect(config.kube_api_config.kube_config)
+    qps, burst = kube_rate(config)
+    kube = await Kube.connect(
+        config.kube_api_config.kube_config, master=config.kube_api_config.master, qps=qps, burst=burst
+    )
     try:
         ca, ca_pem = await load_pki(config, kube)
     except BaseException:
@@ -63,16 +66,16 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
         raise
     hub = CloudHub(
         ssl_context=server_context(hub_config.tls_cert_file, hub_config.tls_private_key_file, ca_pem=ca_pem),
-        settings=HubSettings(
-            host=hub_config.websocket.address,
-            port=hub_config.websocket.port,
-            node_limit=hub_config.node_limit,
-            window=hub_config.window,
-            keepalive_interval=hub_config.keepalive_interval,
-        ),
+        settings=HubSettings.from_config(hub_config),
     )
     placement = Placement(hub)
-    hub.upstream = Upstream(kube=kube, hub=hub, placement=placement, now_ms=now_ms)
+    hub.upstream = Upstream(
+        kube=kube,
+        hub=hub,
+        placement=placement,
+        now_ms=now_ms,
+        retry=RetryPolicy.from_config(config.modules.edge_controller),
+    )
     informers = [
         Informer(kube, "/api/v1/nodes", name="nodes", handler=placement.on_node, query=[("labelSelector", EDGE_LABEL)]),
         Informer(

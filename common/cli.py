@@ -9,10 +9,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TypeVar
 
-import yaml
 from pydantic import BaseModel
 
-from common.config import ConfigError
+from common.config import ConfigError, to_yaml
 
 EXIT_USAGE = 2  # bad flags or a config that does not validate
 EXIT_NOT_BUILT = 3  # the feature asked for has not landed yet
@@ -50,7 +49,7 @@ def resolve_config(
 ) -> ModelT | int:
     """Handle ``--defaultconfig`` and load the config; return the config or an exit code."""
     if args.defaultconfig:
-        sys.stdout.write(yaml.safe_dump(model().model_dump(by_alias=True, mode="json"), sort_keys=False))
+        sys.stdout.write(to_yaml(model()))
         return 0
     path = args.config if args.config is not None else (default_path if default_path.exists() else None)
     try:

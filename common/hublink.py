@@ -7,6 +7,10 @@ One TaskGroup per connection, so nothing outlives it:
   consumer   handles events in order (apply to the store, hand to a controller), then acks via the session
   writer     ``session.messages_to_send`` plus queued best-effort messages → one frame (batching) or several
   keepalive  sleeps until the session's next deadline, closes a silent link, wakes the writer
+
+A peer that stops reading cannot hold a link open: a frame that does not go out within ``write_timeout`` aborts
+the connection, and so does a close that does not complete within twice ``close_timeout`` (websockets drains
+what is queued before it sends the close frame, and that never ends when the peer does not read).
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ log = get_logger(__name__)
 INBOUND_QUEUE = 1024  # events waiting for the consumer before the reader stops reading
 OUTBOUND_QUEUE = 256  # best-effort messages waiting for the writer before send() waits
 CONSUME_BATCH = 512  # events handed to the consumer at once (one SQLite transaction at the edge)
+# Batch frames are cut at this size, far below the frame limit, so one frame goes out well within the write
+# timeout on a slow link (1 MiB in 15 s is 0.6 Mbit/s); a single larger message still goes out on its own.
+MAX_BATCH_BYTES = 1024 * 1024
 
 
 class Session(Protocol):
@@ -56,12 +63,17 @@ class HubLink:
         *,
         name: str,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        write_timeout: float = 30.0,
+        close_timeout: float = 2.0,
     ) -> None:
         self.ws = ws
         self.session = session
         self._handle = handle
         self._name = name
         self._max_frame = max_frame_bytes
+        self._batch_bytes = min(max_frame_bytes, MAX_BATCH_BYTES)
+        self._write_timeout = write_timeout
+        self._close_timeout = close_timeout
         self._loop = asyncio.get_running_loop()
         self._inbound: asyncio.Queue[Event] = asyncio.Queue(INBOUND_QUEUE)
         self._outbound: asyncio.Queue[Message] = asyncio.Queue(OUTBOUND_QUEUE)
@@ -85,10 +97,20 @@ class HubLink:
         if self.close_code is None:
             self.close_code, self.close_reason = int(code), reason
         try:
-            # Waits for the peer's close frame at most the connection's close_timeout: a dead peer sends none.
-            await self.ws.close(code, reason.encode()[:120].decode(errors="ignore"))
+            async with asyncio.timeout(2 * self._close_timeout):
+                await self.ws.close(code, reason.encode()[:120].decode(errors="ignore"))
+        except TimeoutError:
+            log.warning("link_close_timed_out", link=self._name, code=int(code))
+            self.ws.transport.abort()
         finally:
             self._stop.set()
+
+    def _abort(self, code: int, reason: str) -> None:
+        """End the link at once, without a close handshake: the peer is not reading."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = int(code), reason
+        self.ws.transport.abort()
+        self._stop.set()
 
     async def run(self) -> None:
         """Serve the connection until it closes, from either side or by a timeout."""
@@ -149,7 +171,14 @@ class HubLink:
             while not self._outbound.empty():
                 messages.append(self._outbound.get_nowait())
             for frame in self._frames(messages):
-                await self.ws.send(frame, text=True)
+                try:
+                    async with asyncio.timeout(self._write_timeout):
+                        await self.ws.send(frame, text=True)
+                except TimeoutError:
+                    reason = f"a frame of {len(frame)} bytes did not go out within {self._write_timeout:g} s"
+                    log.warning("link_write_timed_out", link=self._name, reason=reason)
+                    self._abort(CloseCode.TIMEOUT, reason)
+                    return
                 self.frames_sent += 1
 
     def _frames(self, messages: list[Message]) -> Iterator[bytes]:
@@ -161,7 +190,7 @@ class HubLink:
         size = 2
         for message in messages:
             part = orjson.dumps(to_dict(message))
-            if parts and size + len(part) + 1 > self._max_frame:
+            if parts and size + len(part) + 1 > self._batch_bytes:
                 yield b"[" + b",".join(parts) + b"]"
                 parts, size = [], 2
             parts.append(part)

@@ -18,6 +18,7 @@ from common.systemd import notify, watchdog
 from common.tls import client_context
 from edgecore.certmanager import CertRotator, complete_interrupted_rotation
 from edgecore.config import EdgeCoreConfig
+from edgecore.config import EventBus as EventBusConfig
 from edgecore.devicetwin import DeviceTwin
 from edgecore.edged.edged import Edged
 from edgecore.edged.node import NodeReporter, host_ip_towards, node_status
@@ -32,7 +33,7 @@ RuntimeFactory = Callable[[str], ContainerRuntime]
 
 
 class EdgeCollector(Collector):
-    def __init__(self, hub: EdgeHub, edged: Edged) -> None:
+    def __init__(self, hub: EdgeHub, edged: Edged | None) -> None:
         self._hub = hub
         self._edged = edged
 
@@ -49,6 +50,8 @@ class EdgeCollector(Collector):
             "kubage_edgehub_applied", "Cloud messages that changed the store", value=self._hub.applied
         )
         yield CounterMetricFamily("kubage_edgehub_sessions", "Sessions established", value=self._hub.sessions)
+        if self._edged is None:
+            return
         stats = self._edged.stats
         yield CounterMetricFamily(
             "kubage_edged_containers_started", "Containers started", value=stats.containers_started
@@ -69,25 +72,34 @@ async def build(
     cert_file, key_file = Path(hub_config.tls_cert_file), Path(hub_config.tls_private_key_file)
     complete_interrupted_rotation(cert_file, key_file)
     hub = EdgeHub(
-        settings=EdgeHubSettings(
-            server=hub_config.websocket.server,
-            node_name=node,
-            project_id=hub_config.project_id,
-            keepalive_interval=hub_config.heartbeat,
-            handshake_timeout=hub_config.websocket.handshake_timeout,
-        ),
+        settings=EdgeHubSettings.from_config(hub_config, node),
         ssl_context=client_context(cert_file, key_file, hub_config.tls_ca_file),
         store=store,
     )
-    runtime = runtime_factory(edged_config.remote_runtime_endpoint)
     cloud_host = hub_config.websocket.server.split(",")[0].rsplit(":", 1)[0].strip("[]")
     host_ip = edged_config.node_ip or host_ip_towards(cloud_host)
-    root = Path(edged_config.root_directory)
-    root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
-    edged = Edged(node_name=node, store=store, runtime=runtime, root=root, publish=hub.publish, host_ip=host_ip)
-    hub.add_change_listener(edged.wake)
+    # With Edged off (a device-only gateway) there is no runtime to talk to, and the node offers no room for
+    # pods, so that no scheduler places any there.
+    runtime = runtime_factory(edged_config.remote_runtime_endpoint) if edged_config.enable else None
+    edged: Edged | None = None
+    if runtime is not None:
+        root = Path(edged_config.root_directory)
+        root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
+        edged = Edged(
+            node_name=node,
+            store=store,
+            runtime=runtime,
+            root=root,
+            publish=hub.publish,
+            host_ip=host_ip,
+            sync_interval=edged_config.sync_frequency,
+            restart_backoff=edged_config.restart_backoff,
+        )
+        hub.add_change_listener(edged.wake)
 
     async def current_status() -> dict[str, Any]:
+        if runtime is None:
+            return node_status(hostname=node, host_ip=host_ip, runtime_version="", max_pods=0)
         try:
             version = await runtime.version()
         except Exception:  # the node still reports; the runtime's absence shows in its version
@@ -113,7 +125,7 @@ async def build(
 
     modules = [
         Module("edgehub", hub.run, Restart.NEVER),
-        Module("edged", edged.run),
+        *([Module("edged", edged.run)] if edged is not None else []),
         Module("node", reporter.run),
         Module("monitor", monitor.run),
         Module("systemd", systemd),
@@ -129,25 +141,29 @@ async def build(
         )
         modules.append(Module("certrotation", rotator.run))
     closing: list[MetaStore] = []
-    bus_config = config.modules.event_bus
-    if bus_config.enable:
-        # Devices: the MQTT broker may come and go; the bus retries quietly and /readyz does not wait for it.
-        bus = EventBus(EventBusSettings(server=bus_config.mqtt_server_external, qos=bus_config.mqtt_qos))
-        # Its own connection to the same file: statements interleaved with the store's open write transaction
-        # on one connection made COMMIT fail ("SQL statements in progress") and stopped EdgeCore.
+    if config.modules.event_bus.enable:
         twin_store = await MetaStore.open(data_source)
         closing.append(twin_store)
-        twin = DeviceTwin(node_name=node, store=twin_store, publish_upstream=hub.publish, publish_local=bus.publish)
-        bus.set_handler(twin.submit)
-        bus.add_connection_listener(twin.on_bus_connection)
-        hub.add_change_listener(twin.on_changes)
-        modules[1:1] = [Module("eventbus", bus.run), Module("devicetwin", twin.run)]
+        modules[1:1] = _device_modules(config.modules.event_bus, node, twin_store, hub)
 
     async def close() -> None:
         notify("STOPPING=1")
-        await runtime.close()
+        if runtime is not None:
+            await runtime.close()
         for extra in closing:
             await extra.close()
         await store.close()
 
     return modules, close
+
+
+def _device_modules(bus_config: EventBusConfig, node: NodeName, twin_store: MetaStore, hub: EdgeHub) -> list[Module]:
+    """EventBus and DeviceTwin. The MQTT broker may come and go: the bus retries quietly and /readyz does not
+    wait for it. DeviceTwin has its own connection to the store's file: statements interleaved with the store's
+    open write transaction on one connection made COMMIT fail ("SQL statements in progress")."""
+    bus = EventBus(EventBusSettings.from_config(bus_config))
+    twin = DeviceTwin(node_name=node, store=twin_store, publish_upstream=hub.publish, publish_local=bus.publish)
+    bus.set_handler(twin.submit)
+    bus.add_connection_listener(twin.on_bus_connection)
+    hub.add_change_listener(twin.on_changes)
+    return [Module("eventbus", bus.run), Module("devicetwin", twin.run)]

@@ -1,76 +1,189 @@
-"""``edgecore.yaml``: the same layout and key names as KubeEdge's EdgeCore configuration."""
+"""``edgecore.yaml``: the same layout and key names as KubeEdge's EdgeCore configuration.
+
+Every key here does something; KubeEdge keys that kubage does not support are refused at load with the reason
+(``UNSUPPORTED``). Each component builds its runtime settings from its section in one function
+(``EdgeHubSettings.from_config``, ``EventBusSettings.from_config``).
+"""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from common.config import ConfigModel, load_config
+from common.config import ConfigModel, load_config, must_be_true
 
 ENV_PREFIX = "EDGECORE"
 DEFAULT_CONFIG_PATH = Path("/etc/kubage/edgecore.yaml")
+API_VERSION: Literal["edgecore.config.kubeedge.io/v1alpha2"] = "edgecore.config.kubeedge.io/v1alpha2"
+
+_NOT_HERE = ""  # nothing more to say: kubage has no such part
+_OUTBOX = "the outbox sends only each object's latest value, modules.edgeHub.window at a time"
+UNSUPPORTED = {
+    "modules.edgeHub.quic": "EdgeCore connects over WebSocket only (modules.edgeHub.websocket)",
+    "modules.edgeHub.token": "keadm join exchanges the token for the node certificate; it is not kept",
+    "modules.edgeHub.messageQPS": _OUTBOX,
+    "modules.edgeHub.messageBurst": _OUTBOX,
+    "modules.edged.tailoredKubeletConfig": "Edged is not a kubelet and takes no kubelet configuration",
+    "modules.edged.tailoredKubeletFlag": "Edged is not a kubelet and takes no kubelet flags",
+    "modules.edged.registerNodeNamespace": "the node registers cluster-scoped, as Kubernetes nodes are",
+    "modules.edged.reportEvent": "Edged does not post events",
+    "modules.edged.customInterfaceName": "set modules.edged.nodeIP instead",
+    "modules.eventBus.mqttServerInternal": "EdgeCore runs no broker of its own (mqttMode 2 only)",
+    "modules.eventBus.mqttRetain": "replies and deltas are never retained",
+    "modules.eventBus.mqttSessionQueueSize": "the broker's own queue applies",
+    "modules.eventBus.eventBusTLS": "TLS to the broker is not supported yet",
+    "modules.metaManager": "the store is always on; its file is database.dataSource",
+    "modules.deviceTwin": "device twins are always on with modules.eventBus",
+    "modules.serviceBus": _NOT_HERE,
+    "modules.dbTest": _NOT_HERE,
+    "modules.edgeStream": _NOT_HERE,
+    "modules.taskManager": _NOT_HERE,
+    "featureGates": "kubage has no feature gates",
+    "edgecoreVersion": "EdgeCore reports its version itself",
+}
 
 
 class Database(ConfigModel):
-    driver_name: str = "sqlite3"
+    driver_name: Literal["sqlite3"] = "sqlite3"
+    """The store's database: sqlite3, the only one."""
     data_source: str = "/var/lib/kubage/edgecore.db"
+    """The SQLite file holding what the cloud sent, the outbox and the device twins."""
 
 
 class EdgeHubWebSocket(ConfigModel):
     enable: bool = True
-    server: str = "127.0.0.1:10000"  # CloudCore's WebSocket endpoint, host:port
+    """Must be true: the WebSocket is how EdgeCore reaches CloudCore."""
+    server: str = "127.0.0.1:10000"
+    """CloudCore's host:port; several, comma-separated, are tried in turn (CloudCore replicas)."""
+    server_hostname: str = ""
+    """Name to check CloudCore's certificate against; empty: the host in server."""
     handshake_timeout: float = Field(default=30.0, gt=0)
-    read_deadline: float = Field(default=15.0, gt=0)
+    """Seconds the TLS and WebSocket handshake may take."""
+    read_deadline: float | None = Field(default=None, gt=0)
+    """Seconds without hearing from CloudCore before the link is closed; null: 2.5 times heartbeat.
+    Keep it above CloudCore's keepaliveInterval."""
     write_deadline: float = Field(default=15.0, gt=0)
+    """Seconds one frame to CloudCore may take to send before the link is given up."""
+    close_timeout: float = Field(default=2.0, gt=0)
+    """Seconds a closing link waits for CloudCore's close frame."""
+
+    _enabled = field_validator("enable")(must_be_true("it is how EdgeCore reaches CloudCore"))
 
 
 class EdgeHub(ConfigModel):
     enable: bool = True
+    """Must be true: EdgeHub is EdgeCore's link to the cloud."""
     heartbeat: float = Field(default=15.0, gt=0)
-    message_burst: int = Field(default=60, gt=0)
-    message_qps: int = Field(default=30, gt=0, alias="messageQPS")
+    """Seconds without sending before a keepalive goes to CloudCore."""
+    window: int = Field(default=64, ge=1, le=4096)
+    """Upstream messages (statuses, twin reports) in flight, unacknowledged."""
+    batching: bool = True
+    """Ask CloudCore for several messages per frame."""
+    max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
+    """Largest frame accepted from CloudCore."""
     project_id: str = Field(default="e632aba927ea4ac2b575ec1603d56f10", alias="projectID")
+    """The project in the URL dialled, as KubeEdge's EdgeHub sends it."""
     tls_ca_file: str = Field(default="/etc/kubage/ca/rootCA.crt", alias="tlsCaFile")
+    """The CA that signed CloudCore's and this node's certificates (keadm join pins and writes it)."""
     tls_cert_file: str = "/etc/kubage/certs/server.crt"
+    """This node's certificate (CN system:node:<name>)."""
     tls_private_key_file: str = "/etc/kubage/certs/server.key"
+    """This node's key."""
     websocket: EdgeHubWebSocket = Field(default_factory=EdgeHubWebSocket)
-    https_server: str = Field(default="https://127.0.0.1:10002", alias="httpServer")  # the certificate service
-    rotate_certificates: bool = True  # renew the node certificate at a jittered 70-90 % of its lifetime
+    """The connection to CloudCore."""
+    https_server: str = Field(default="https://127.0.0.1:10002", alias="httpServer")
+    """CloudCore's certificate service, for renewals."""
+    rotate_certificates: bool = True
+    """Renew the node certificate at a jittered 70-90 % of its lifetime."""
+
+    _enabled = field_validator("enable")(must_be_true("EdgeHub is EdgeCore's link to the cloud"))
+
+    @model_validator(mode="after")
+    def _read_deadline_above_heartbeat(self) -> Self:
+        deadline = self.websocket.read_deadline
+        if deadline is not None and deadline <= self.heartbeat:
+            raise ValueError(
+                f"websocket.readDeadline ({deadline:g} s) must be longer than heartbeat ({self.heartbeat:g} s), "
+                "or the link is closed between two keepalives"
+            )
+        return self
 
 
 class Edged(ConfigModel):
     enable: bool = True
-    hostname_override: str = Field(default_factory=socket.gethostname)  # the node's name
-    node_ip: str = Field(default="", alias="nodeIP")  # empty: the address that routes to CloudCore
+    """Run the node's pods; false makes a device-only gateway that offers no room for pods."""
+    hostname_override: str = Field(default_factory=socket.gethostname)
+    """The node's name."""
+    node_ip: str = Field(default="", alias="nodeIP")
+    """The node's InternalIP; empty: the local address that routes to CloudCore."""
     node_labels: dict[str, str] = Field(default_factory=dict)
+    """Labels the node registers with."""
     node_status_update_frequency: float = Field(default=10.0, gt=0)
+    """Seconds between checks of the node's status; a change is reported at once, the same status each minute."""
+    sync_frequency: float = Field(default=2.0, gt=0)
+    """Seconds between two passes that bring the runtime in line with the node's pods when nothing changed."""
+    restart_backoff: float = Field(default=10.0, gt=0)
+    """Seconds before the second restart of a crashing container, doubling up to 5 minutes (CrashLoopBackOff)."""
     remote_runtime_endpoint: str = "unix:///run/containerd/containerd.sock"
+    """The CRI endpoint (containerd)."""
     root_directory: str = "/var/lib/kubage/edged"
-    healthz_bind_address: str = "127.0.0.1:10248"  # /healthz, /readyz and Prometheus /metrics
+    """Where pods' volumes and logs are written."""
+    healthz_bind_address: str = "127.0.0.1:10248"
+    """host:port of /healthz, /readyz and Prometheus /metrics."""
 
 
 class EventBus(ConfigModel):
     enable: bool = True
+    """Connect to the MQTT broker for devices (DeviceTwin and mappers)."""
+    mqtt_mode: Literal[2] = Field(default=2, alias="mqttMode")
+    """2: an external broker, the only mode (KubeEdge's 0 and 1 run a broker inside EdgeCore)."""
     mqtt_server_external: str = "tcp://127.0.0.1:1883"
-    mqtt_qos: int = Field(default=1, ge=0, le=2, alias="mqttQOS")  # for the edge's subscriptions and replies
+    """The broker, tcp://host:port."""
+    mqtt_qos: int = Field(default=1, ge=0, le=2, alias="mqttQOS")
+    """QoS of the edge's subscriptions and replies."""
+    client_id: str = Field(default="", alias="clientID")
+    """MQTT client id; empty: edgecore-<random>, so two clients never take over each other's session."""
+    keepalive: int = Field(default=30, gt=0)
+    """Seconds of MQTT keepalive; a silent broker is given up after 1.5 of these."""
+    connect_timeout: float = Field(default=10.0, gt=0)
+    """Seconds connecting and subscribing may take."""
+    window: int = Field(default=100, ge=1)
+    """QoS 1 publishes in flight."""
+    max_queued: int = Field(default=10_000, ge=1)
+    """Publishes waiting for the broker; the oldest is dropped and counted beyond this."""
+    max_wait: float = Field(default=10.0, gt=0)
+    """Seconds a publish may wait for the broker before it is dropped and counted."""
+    max_incoming: int = Field(default=10_000, ge=1)
+    """Received messages held before DeviceTwin takes them."""
 
 
 class Modules(ConfigModel):
     edge_hub: EdgeHub = Field(default_factory=EdgeHub)
+    """The link to CloudCore."""
     edged: Edged = Field(default_factory=Edged)
+    """The node and its pods."""
     event_bus: EventBus = Field(default_factory=EventBus)
+    """MQTT, for devices."""
 
 
 class EdgeCoreConfig(ConfigModel):
+    api_version: Literal["edgecore.config.kubeedge.io/v1alpha2"] = API_VERSION
+    """The file's format, as KubeEdge's."""
+    kind: Literal["EdgeCore"] = "EdgeCore"
+    """Which component the file configures; a CloudCore file is refused here."""
     database: Database = Field(default_factory=Database)
+    """EdgeCore's store."""
     modules: Modules = Field(default_factory=Modules)
+    """EdgeCore's modules."""
     log_level: str = "info"
+    """debug, info, warning or error."""
 
 
 def load(path: Path | None) -> EdgeCoreConfig:
-    return load_config(EdgeCoreConfig, path, env_prefix=ENV_PREFIX)
+    return load_config(EdgeCoreConfig, path, env_prefix=ENV_PREFIX, unsupported=UNSUPPORTED)
 
 
 def required_files(config: EdgeCoreConfig) -> list[tuple[str, str]]:

@@ -29,10 +29,10 @@ from typing import Any
 import yaml
 
 from common.certclient import CertServiceError, fetch_ca, request_certificate
-from common.config import ConfigError, load_config
+from common.config import ConfigError, load_config, to_yaml
 from common.tls import NODE_CN_PREFIX, valid_node_name
 from common.tokens import TokenError, ca_hash
-from edgecore.config import ENV_PREFIX, EdgeCoreConfig
+from edgecore.config import ENV_PREFIX, UNSUPPORTED, EdgeCoreConfig
 from keadm.paths import EdgeLayout, deploy_dir
 
 READY_WAIT_S = 60.0
@@ -87,7 +87,7 @@ class Plan:
     certport: int
     node: str
     token: str
-    config: dict[str, Any]  # edgecore.yaml, validated
+    config: EdgeCoreConfig  # edgecore.yaml, validated
     unit: str  # the systemd unit
 
 
@@ -141,7 +141,9 @@ def _plan(args: argparse.Namespace, layout: EdgeLayout) -> Plan:
         draft = Path(scratch) / "edgecore.yaml"
         draft.write_text(yaml.safe_dump(settings))
         try:
-            config = load_config(EdgeCoreConfig, draft, env_prefix=ENV_PREFIX, environ=overrides)
+            config = load_config(
+                EdgeCoreConfig, draft, env_prefix=ENV_PREFIX, environ=overrides, unsupported=UNSUPPORTED
+            )
         except ConfigError as exc:
             raise JoinError(
                 f"the EdgeCore configuration would be invalid: {str(exc).replace(str(draft), 'edgecore.yaml')}"
@@ -152,7 +154,7 @@ def _plan(args: argparse.Namespace, layout: EdgeLayout) -> Plan:
         certport=args.certport,
         node=node,
         token=args.token.strip(),
-        config=config.model_dump(by_alias=True, mode="json"),
+        config=config,
         unit=_unit_text(layout),
     )
 
@@ -195,7 +197,7 @@ def _install_unit(layout: EdgeLayout, plan: Plan) -> None:
         if done.returncode != 0:
             raise JoinError(f"'{' '.join(command)}' failed: {done.stderr.strip()} (files are in {layout.etc})")
     _step(4, "edgecore.service installed and started; waiting for it to be ready")
-    _wait_ready(plan.config["modules"]["edged"]["healthzBindAddress"])
+    _wait_ready(plan.config.modules.edged.healthz_bind_address)
     sys.stdout.write(f"This node joined as {plan.node!r}. 'keadm diagnose' checks it; 'keadm reset' undoes it.\n")
 
 
@@ -223,7 +225,7 @@ def _install_files(layout: EdgeLayout, plan: Plan, ca_pem: bytes, cert_pem: byte
         rel = {path: staging / path.relative_to(target) for path in (layout.config, layout.ca_file, layout.cert_file)}
         for path in rel.values():
             path.parent.mkdir(parents=True, exist_ok=True)
-        rel[layout.config].write_text(yaml.safe_dump(plan.config, sort_keys=False))
+        rel[layout.config].write_text(to_yaml(plan.config))  # every key under its description
         rel[layout.config].chmod(0o600)
         rel[layout.ca_file].write_bytes(ca_pem)
         rel[layout.cert_file].write_bytes(cert_pem)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
+from cloudcore import config
+from common.config import settings_from
 from common.hublink import HubLink
 from common.logging import get_logger
 from common.messages import DEFAULT_MAX_FRAME_BYTES, Message, NodeName, ObjectUid
@@ -34,16 +36,23 @@ ConnectionListener = Callable[[NodeName, bool], None]
 
 @dataclass(frozen=True)
 class HubSettings:
+    """What CloudHub runs with; ``modules.cloudHub`` documents each field."""
+
     host: str = "0.0.0.0"  # noqa: S104 - edges connect from other machines
     port: int = 10000
     node_limit: int = 500
     window: int = DEFAULT_WINDOW
     keepalive_interval: float = 15.0
     read_timeout: float | None = None  # default: 2.5 keepalive intervals
+    write_timeout: float = 30.0
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     allow_batching: bool = True
     close_timeout: float = 2.0  # how long a close waits for the peer's close frame
     shutdown_timeout: float = 5.0
+
+    @classmethod
+    def from_config(cls, hub: config.CloudHub) -> HubSettings:
+        return settings_from(cls, hub, host=hub.websocket.address, port=hub.websocket.port, allow_batching=hub.batching)
 
 
 @dataclass(frozen=True)
@@ -268,6 +277,8 @@ class CloudHub:
             lambda events: self._on_events(node, session, events),
             name=f"cloudhub.{node}",
             max_frame_bytes=s.max_frame_bytes,
+            write_timeout=s.write_timeout,
+            close_timeout=s.close_timeout,
         )
         self._links[node] = link
         self._sessions[node] = session

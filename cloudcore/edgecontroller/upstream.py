@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cloudcore import config
 from cloudcore.cloudhub import CloudHub
 from cloudcore.edgecontroller.placement import EDGE_LABEL, Placement
 from cloudcore.kube import MERGE_PATCH, STRATEGIC_PATCH, ApiError, Conflict, Kube, KubeError, NotFound, retryable
@@ -45,6 +46,10 @@ class RetryPolicy:
     attempts: int = 6
     initial_delay: float = 0.2
     max_delay: float = 5.0
+
+    @classmethod
+    def from_config(cls, controller: config.EdgeController) -> RetryPolicy:
+        return cls(attempts=controller.upstream_attempts, max_delay=controller.upstream_max_backoff)
 
 
 def now_rfc3339() -> str:

@@ -53,8 +53,8 @@ def host_ip_towards(host: str) -> str:
         return "127.0.0.1"
 
 
-def node_status(*, hostname: str, host_ip: str, runtime_version: str) -> dict[str, Any]:
-    resources = {"cpu": str(os.cpu_count() or 1), "memory": f"{memory_kib()}Ki", "pods": str(MAX_PODS)}
+def node_status(*, hostname: str, host_ip: str, runtime_version: str, max_pods: int = MAX_PODS) -> dict[str, Any]:
+    resources = {"cpu": str(os.cpu_count() or 1), "memory": f"{memory_kib()}Ki", "pods": str(max_pods)}
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(platform.machine(), platform.machine())
     ok = {"status": "False", "reason": "", "message": ""}
     return {

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidURI
 
+from common.config import settings_from
 from common.hublink import HubLink
 from common.logging import get_logger
 from common.messages import DEFAULT_MAX_FRAME_BYTES, Message, NodeName
@@ -23,6 +24,7 @@ from common.protocol.backoff import backoff_delays
 from common.protocol.outbox import Outbox, OutboxItem
 from common.protocol.session import CloseCode, Deliver, EdgeSession, Event, OutboxDelivered, Ready, Received
 from common.upstream import Upstream
+from edgecore import config
 from edgecore.metamanager.store import Change, MetaStore
 
 log = get_logger(__name__)
@@ -34,17 +36,36 @@ ConnectionListener = Callable[[bool], None]
 
 @dataclass(frozen=True)
 class EdgeHubSettings:
+    """What EdgeHub runs with; ``modules.edgeHub`` documents each field."""
+
     server: str  # CloudHub's host:port; several, comma-separated, are tried in turn (CloudCore replicas)
     node_name: NodeName
     project_id: str = "e632aba927ea4ac2b575ec1603d56f10"
     keepalive_interval: float = 15.0
     read_timeout: float | None = None  # default: 2.5 keepalive intervals
+    write_timeout: float = 15.0
     handshake_timeout: float = 30.0
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     batching: bool = True
     window: int = 64
     close_timeout: float = 2.0
-    server_hostname: str | None = None  # name to check in CloudCore's certificate; default: the host in server
+    server_hostname: str = ""  # name to check in CloudCore's certificate; empty: the host in server
+
+    @classmethod
+    def from_config(cls, hub: config.EdgeHub, node_name: NodeName) -> EdgeHubSettings:
+        ws = hub.websocket
+        return settings_from(
+            cls,
+            hub,
+            server=ws.server,
+            node_name=node_name,
+            keepalive_interval=hub.heartbeat,
+            read_timeout=ws.read_deadline,
+            write_timeout=ws.write_deadline,
+            handshake_timeout=ws.handshake_timeout,
+            close_timeout=ws.close_timeout,
+            server_hostname=ws.server_hostname,
+        )
 
 
 async def _drop_message(message: Message) -> None:
@@ -169,6 +190,8 @@ class EdgeHub:
                 lambda events: self._on_events(session, events),
                 name="edgehub",
                 max_frame_bytes=s.max_frame_bytes,
+                write_timeout=s.write_timeout,
+                close_timeout=s.close_timeout,
             )
             await link.send(session.hello(loop.time(), 0))
             self._link = link

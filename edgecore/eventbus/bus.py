@@ -26,9 +26,11 @@ from urllib.parse import urlsplit
 import aiomqtt
 import orjson
 
+from common.config import settings_from
 from common.devices import EDGE_SUBSCRIPTIONS
 from common.logging import get_logger
 from common.protocol.backoff import backoff_delays
+from edgecore import config
 
 log = get_logger(__name__)
 
@@ -60,6 +62,10 @@ class EventBusSettings:
     max_queued: int = 10_000  # publishes waiting for the broker; the oldest is dropped beyond this
     max_wait: float = 10.0  # seconds a publish may wait for the broker before it is dropped
     max_incoming: int = 10_000  # received messages aiomqtt may hold before the handler takes them
+
+    @classmethod
+    def from_config(cls, bus: config.EventBus) -> EventBusSettings:
+        return settings_from(cls, bus, server=bus.mqtt_server_external, qos=bus.mqtt_qos, timeout=bus.connect_timeout)
 
 
 @dataclass(slots=True)

@@ -93,13 +93,13 @@ def test_environment_overrides_file_with_typed_values(tmp_path: Path) -> None:
     path = write(tmp_path, "modules:\n  cloudHub:\n    nodeLimit: 10\n")
     env = {
         "CLOUDCORE__MODULES__CLOUDHUB__NODELIMIT": "750",
-        "CLOUDCORE__MODULES__CLOUDHUB__WEBSOCKET__ENABLE": "false",
+        "CLOUDCORE__MODULES__CLOUDHUB__HTTPS__ENABLE": "false",
         "CLOUDCORE__KUBEAPICONFIG__KUBECONFIG": "/tmp/kc",
         "UNRELATED": "x",
     }
     cfg = load_config(CloudCoreConfig, path, env_prefix="CLOUDCORE", environ=env)
     assert cfg.modules.cloud_hub.node_limit == 750
-    assert cfg.modules.cloud_hub.websocket.enable is False
+    assert cfg.modules.cloud_hub.https.enable is False
     assert cfg.kube_api_config.kube_config == "/tmp/kc"
 
 
