@@ -1,9 +1,10 @@
 """CloudHub: mutual-TLS WebSocket server, one session per edge node, and the controllers' view of it.
 
-Controllers tell the hub what each node should hold (``upsert``, ``delete``, ``set_objects``) whether or not
-the node is connected; the hub keeps per node a desired set keyed by object UID and lets each session send
-the difference. Upstream messages reach the controllers through one handler, in order per node; reliable
-ones are acked to the edge only after the handler returns.
+Three parts: the per-node pool of what each node should hold (``pool.NodePool``, pure), the registry of which
+link serves which node (``registry.SessionRegistry``, pure), and this module's server around them. Controllers
+tell the hub what each node should hold (``upsert``, ``delete``, ``set_objects``) whether or not the node is
+connected; each session sends its edge the difference. Upstream messages reach the controllers through one
+handler, in order per node; reliable ones are acked to the edge only after the handler returns.
 
 The node's name comes from its client certificate (``CN=system:node:<name>``), never from a header.
 """
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from cloudcore import config
+from cloudcore.cloudhub.pool import NodePool
+from cloudcore.cloudhub.registry import SessionRegistry
 from common.config import settings_from
 from common.hublink import HubLink
 from common.logging import get_logger
@@ -25,7 +28,6 @@ from common.messages import DEFAULT_MAX_FRAME_BYTES, Message, NodeName, ObjectUi
 from common.protocol.downstream import DesiredObject
 from common.protocol.reliable import DEFAULT_WINDOW
 from common.protocol.session import CloseCode, CloudSession, Deliver, Event, Ready, Received
-from common.protocol.versions import is_newer
 from common.tls import IdentityError, node_name_from_peercert
 
 log = get_logger(__name__)
@@ -88,10 +90,8 @@ class CloudHub:
         self.settings = settings or HubSettings()
         self._ssl = ssl_context
         self.upstream = upstream or _ignore_upstream
-        self._desired: dict[NodeName, dict[ObjectUid, DesiredObject]] = {}
-        self._links: dict[NodeName, HubLink] = {}
-        self._sessions: dict[NodeName, CloudSession] = {}
-        self._ready_nodes: set[NodeName] = set()
+        self.pool = NodePool(on_change=self._changed)
+        self.registry: SessionRegistry[HubLink, CloudSession] = SessionRegistry(self.settings.node_limit)
         self._listeners: list[ConnectionListener] = []
         self._serving: asyncio.Future[int] | None = None
         # counts of sessions that have ended; live sessions are added at read time
@@ -102,41 +102,29 @@ class CloudHub:
 
     def upsert(self, node: NodeName, obj: DesiredObject) -> None:
         """``node`` should hold ``obj``; an older version than the one already desired is ignored."""
-        desired = self._desired.setdefault(node, {})
-        current = desired.get(obj.uid)
-        if current is not None and not is_newer(obj.resource_version, current.resource_version):
-            return
-        desired[obj.uid] = obj
-        self._changed(node, obj.uid)
+        self.pool.upsert(node, obj)
 
     def delete(self, node: NodeName, uid: ObjectUid) -> None:
         """``node`` should no longer hold ``uid``; it gets a delete if it has it."""
-        desired = self._desired.get(node)
-        if desired is not None and desired.pop(uid, None) is not None:
-            self._changed(node, uid)
+        self.pool.delete(node, uid)
 
     def set_objects(self, node: NodeName, objects: Iterable[DesiredObject]) -> None:
         """Replace ``node``'s whole desired set (after a relist, say)."""
-        wanted = {o.uid: o for o in objects}
-        for uid in list(self._desired.get(node, {})):
-            if uid not in wanted:
-                self.delete(node, uid)
-        for obj in wanted.values():
-            self.upsert(node, obj)
+        self.pool.set_objects(node, objects)
 
     def reconcile(self, node: NodeName, uid: ObjectUid) -> None:
         """Check ``uid`` against the edge again: if the edge holds it and it is not desired, it is deleted there."""
         self._changed(node, uid)
 
     def desired(self, node: NodeName) -> Mapping[ObjectUid, DesiredObject]:
-        return self._desired.get(node, {})
+        return self.pool.desired(node)
 
     def forget_node(self, node: NodeName) -> None:
         """The node is gone from the cluster: drop its desired set (its connection, if any, stays)."""
-        self._desired.pop(node, None)
+        self.pool.forget(node)
 
     def connected_nodes(self) -> frozenset[NodeName]:
-        return frozenset(self._ready_nodes)
+        return self.registry.ready_nodes()
 
     def add_listener(self, listener: ConnectionListener) -> None:
         """``listener(node, connected)`` is called when a node's session is established and when it ends."""
@@ -144,19 +132,19 @@ class CloudHub:
 
     async def send(self, node: NodeName, message: Message) -> bool:
         """Send a best-effort message (a query response, say). False if the node is not connected."""
-        link = self._links.get(node)
-        if link is None or node not in self._ready_nodes:
+        link = self.registry.ready_link(node)
+        if link is None:
             return False
         await link.send(message)
         return True
 
     def stats(self, node: NodeName) -> NodeStats | None:
-        session = self._sessions.get(node)
-        if session is None or session.downstream is None:
+        entry = self.registry.get(node)
+        if entry is None or entry.session.downstream is None:
             return None
-        sync = session.downstream
+        sync = entry.session.downstream
         return NodeStats(
-            desired=len(self._desired.get(node, {})),
+            desired=len(self.pool.desired(node)),
             pending=sync.sender.pending_count,
             inflight=sync.sender.inflight_count,
             acked=sync.acked,
@@ -166,18 +154,19 @@ class CloudHub:
 
     def totals(self) -> Totals:
         acked, retransmits, resync = self._ended.acked, self._ended.retransmits, self._ended.resync
-        for session in self._sessions.values():
-            if session.downstream is not None:
-                acked += session.downstream.acked
-                retransmits += session.downstream.sender.retransmits
-                resync += session.downstream.resync_count
+        for _, entry in self.registry.entries():
+            sync = entry.session.downstream
+            if sync is not None:
+                acked += sync.acked
+                retransmits += sync.sender.retransmits
+                resync += sync.resync_count
         return Totals(acked, retransmits, resync, self.sessions_started)
 
     def _changed(self, node: NodeName, uid: ObjectUid) -> None:
-        session = self._sessions.get(node)
-        if session is not None:
-            session.changed(uid)
-            self._links[node].wake()
+        entry = self.registry.get(node)
+        if entry is not None:
+            entry.session.changed(uid)
+            entry.link.wake()
 
     # --- serving -----------------------------------------------------------------------------------------
 
@@ -219,11 +208,11 @@ class CloudHub:
         return port
 
     async def _shutdown(self, server: Server) -> None:
-        log.info("cloudhub_stopping", connected=len(self._links))
+        log.info("cloudhub_stopping", connected=len(self.registry))
         server.close(close_connections=False)  # stop accepting
-        links = list(self._links.values())
         closing = [
-            asyncio.create_task(link.close(CloseCode.GOING_AWAY, "CloudCore is shutting down")) for link in links
+            asyncio.create_task(entry.link.close(CloseCode.GOING_AWAY, "CloudCore is shutting down"))
+            for _, entry in self.registry.entries()
         ]
         if closing:
             _, pending = await asyncio.wait(closing, timeout=self.settings.shutdown_timeout)
@@ -233,7 +222,7 @@ class CloudHub:
             async with asyncio.timeout(self.settings.shutdown_timeout):
                 await server.wait_closed()
         except TimeoutError:
-            log.warning("cloudhub_shutdown_incomplete", remaining=len(self._links))
+            log.warning("cloudhub_shutdown_incomplete", remaining=len(self.registry))
 
     async def _connection(self, ws: ServerConnection) -> None:
         peer = ws.remote_address
@@ -249,22 +238,28 @@ class CloudHub:
             log.warning("connection_refused", node=node, peer=peer, reason=reason)
             await ws.close(CloseCode.POLICY_VIOLATION, reason)
             return
-        if node not in self._links and len(self._links) >= self.settings.node_limit:
+        if self.registry.full_for(node):
             log.warning("connection_refused", node=node, peer=peer, reason="node limit reached")
             await ws.close(CloseCode.TRY_AGAIN_LATER, f"node limit of {self.settings.node_limit} reached")
             return
-        previous = self._links.get(node)
+        session, link = self._new_link(node, ws)
+        # Claimed before anything is awaited: of several connections of one node arriving at once, each
+        # replaces the one before it, and only the last stays.
+        previous = self.registry.claim(node, link, session)
         if previous is not None:
             log.info("connection_replaced", node=node, peer=peer)
-            await previous.close(CloseCode.REPLACED, "replaced by a newer connection from the same node")
-        await self._serve_node(node, ws)
+            await previous.link.close(CloseCode.REPLACED, "replaced by a newer connection from the same node")
+        if not self.registry.is_current(node, link):  # replaced itself while the previous one closed
+            await link.close(CloseCode.REPLACED, "replaced by a newer connection from the same node")
+            return
+        await self._serve_node(node, session, link)
 
-    async def _serve_node(self, node: NodeName, ws: ServerConnection) -> None:
+    def _new_link(self, node: NodeName, ws: ServerConnection) -> tuple[CloudSession, HubLink]:
         s = self.settings
         loop = asyncio.get_running_loop()
         session = CloudSession(
             node,
-            self._desired.setdefault(node, {}),
+            self.pool.live(node),
             now=loop.time(),
             window=s.window,
             keepalive_interval=s.keepalive_interval,
@@ -280,13 +275,14 @@ class CloudHub:
             write_timeout=s.write_timeout,
             close_timeout=s.close_timeout,
         )
-        self._links[node] = link
-        self._sessions[node] = session
+        return session, link
+
+    async def _serve_node(self, node: NodeName, session: CloudSession, link: HubLink) -> None:
         try:
             await link.run()
         except* Exception:
             log.exception("connection_failed", node=node)
-            await ws.close(CloseCode.INTERNAL_ERROR, "internal error in CloudCore")
+            await link.close(CloseCode.INTERNAL_ERROR, "internal error in CloudCore")
         finally:
             if session.downstream is not None:
                 sync = session.downstream
@@ -297,12 +293,9 @@ class CloudHub:
                     e.resync + sync.resync_count,
                     e.sessions,
                 )
-            if self._links.get(node) is link:
-                del self._links[node]
-                del self._sessions[node]
-                if node in self._ready_nodes:
-                    self._ready_nodes.discard(node)
-                    self._notify(node, connected=False)
+            released = self.registry.release(node, link)
+            if released is not None and released.ready:
+                self._notify(node, connected=False)
             log.info("node_disconnected", node=node, code=link.close_code, reason=link.close_reason)
 
     async def _on_events(self, node: NodeName, session: CloudSession, events: list[Event]) -> None:
@@ -312,8 +305,7 @@ class CloudHub:
                 session.delivered(event.seq)
             elif isinstance(event, Received):
                 await self._call_upstream(node, event.message)
-            elif isinstance(event, Ready) and self._sessions.get(node) is session:
-                self._ready_nodes.add(node)
+            elif isinstance(event, Ready) and self.registry.mark_ready(node, session):
                 self.sessions_started += 1
                 log.info("node_connected", node=node, resync=event.resync, batching=event.batching)
                 self._notify(node, connected=True)

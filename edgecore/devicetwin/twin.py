@@ -1,5 +1,8 @@
 """DeviceTwin: the node's devices as mappers see them over MQTT, and their twins kept in SQLite.
 
+This module is the I/O and the state; what it checks and the shapes it sends are pure functions in
+``edgecore.devicetwin.model``.
+
 Inputs, all handled in order by ``run`` (so the twin table needs no locking):
 
 * the cloud's Device and DeviceModel objects, read from the MetaStore at start and again whenever EdgeHub
@@ -30,24 +33,21 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from typing import Any
-
-import orjson
 
 from common import devices as topics
 from common import upstream
-from common.devices import MAX_PAYLOAD_BYTES, Topic, device_id, error_payload, member, parse_request_topic
+from common.devices import Topic, error_payload, parse_request_topic
 from common.logging import get_logger
 from common.upstream import Upstream, UpstreamPublisher
+from edgecore.devicetwin import model
+from edgecore.devicetwin.model import NodeDevice, Rejection
 from edgecore.devicetwin.store import TwinRow, TwinStore
-from edgecore.devicetwin.values import InvalidValue, check_value, wire_value
 from edgecore.metamanager.store import Change, MetaStore
 
 log = get_logger(__name__)
 
-MAX_STATE_BYTES = 64
 DEVICE_KINDS = ("device", "devicemodel")
 
 
@@ -56,17 +56,6 @@ LocalPublisher = Callable[[str, dict[str, Any]], None]  # ``EventBus.publish``: 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def rfc3339(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class Rejection(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 class _Signal(enum.Enum):
@@ -91,63 +80,6 @@ class _Batch:
     def add_upstream(self, message: Upstream) -> None:
         self.upstream.pop(message.key, None)  # re-inserted last: the outbox keeps the order messages were put
         self.upstream[message.key] = message
-
-
-@dataclass(frozen=True)
-class NodeDevice:
-    """One of the node's devices, with what validation needs from it and its model."""
-
-    id: str  # <namespace>/<name>
-    namespace: str
-    name: str
-    obj: dict[str, Any]
-    model: dict[str, Any] | None
-    model_name: str
-    properties: dict[str, dict[str, Any]]  # Device.spec.properties by name
-    types: dict[str, str]  # DeviceModel property types (INT, FLOAT, ...) by name
-    shape: bytes = field(repr=False)  # the membership entry without desired values, to spot updates
-
-    @classmethod
-    def build(cls, obj: dict[str, Any], model: dict[str, Any] | None) -> NodeDevice:
-        metadata = obj["metadata"]
-        namespace = metadata.get("namespace") or "default"
-        spec = obj.get("spec") or {}
-        properties = {p["name"]: p for p in spec.get("properties") or [] if isinstance(p, dict) and p.get("name")}
-        model_props = ((model or {}).get("spec") or {}).get("properties") or []
-        types = {
-            p["name"]: str(p.get("type") or "STRING").upper()
-            for p in model_props
-            if isinstance(p, dict) and p.get("name")
-        }
-        entry = member(obj, model)
-        entry["spec"] = {
-            **entry["spec"],
-            "properties": [{k: v for k, v in p.items() if k != "desired"} for p in properties.values()],
-        }
-        return cls(
-            id=device_id(namespace, metadata["name"]),
-            namespace=namespace,
-            name=metadata["name"],
-            obj=obj,
-            model=model,
-            model_name=str((spec.get("deviceModelRef") or {}).get("name") or ""),
-            properties=properties,
-            types=types,
-            shape=orjson.dumps(entry, option=orjson.OPT_SORT_KEYS),
-        )
-
-    def desired(self) -> dict[str, str | None]:
-        """Every property's desired value in the spec (None: no desired value)."""
-        found: dict[str, str | None] = {}
-        for name, prop in self.properties.items():
-            value = (prop.get("desired") or {}).get("value")
-            if value is None or isinstance(value, str):
-                found[name] = value
-            elif isinstance(value, bool | int | float):
-                found[name] = wire_value(value)
-            else:  # not KubeEdge's shape; pass it on as JSON rather than lose it
-                found[name] = orjson.dumps(value).decode()
-        return found
 
 
 class DeviceTwin:
@@ -258,8 +190,8 @@ class DeviceTwin:
             if spec.get("nodeName") != self.node_name:
                 continue
             namespace = obj["metadata"].get("namespace") or "default"
-            model = models.get((namespace, str((spec.get("deviceModelRef") or {}).get("name") or "")))
-            device = NodeDevice.build(obj, model)
+            device_model = models.get((namespace, str((spec.get("deviceModelRef") or {}).get("name") or "")))
+            device = NodeDevice.build(obj, device_model)
             fresh[device.id] = device
         old, self._devices = self._devices, fresh
         if not startup:
@@ -324,32 +256,13 @@ class DeviceTwin:
                 self._local(*self._delta(device, delta))
 
     def _delta(self, device: NodeDevice, delta: dict[str, str]) -> tuple[str, dict[str, Any]]:
-        rows = self._rows.get(device.id, {})
-        return topics.twin_update_delta(device.id), {
-            "event_id": uuid.uuid4().hex,
-            "timestamp": self._now(),
-            "twin": {prop: self._msg_twin(device, prop, rows.get(prop)) for prop in device.properties},
-            "delta": delta,
-        }
+        payload = model.delta_payload(
+            device, self._rows.get(device.id, {}), delta, event_id=uuid.uuid4().hex, now_ms=self._now()
+        )
+        return topics.twin_update_delta(device.id), payload
 
     def _member(self, device: NodeDevice) -> dict[str, Any]:
-        state = self._states.get(device.id)
-        obj = (
-            device.obj
-            if state is None
-            else {**device.obj, "status": {**(device.obj.get("status") or {}), "state": state}}
-        )
-        return member(obj, device.model)
-
-    def _msg_twin(self, device: NodeDevice, prop: str, row: TwinRow | None) -> dict[str, Any]:
-        twin: dict[str, Any] = {"metadata": {"type": device.types.get(prop, "STRING").lower()}}
-        if row is not None and row.desired is not None:
-            twin["expected"] = {"value": row.desired, "metadata": {"timestamp": row.desired_ts}}
-            twin["expected_version"] = {"cloud": row.desired_version, "edge": 0}
-        if row is not None and row.reported is not None:
-            twin["actual"] = {"value": row.reported, "metadata": {"timestamp": row.reported_ts}}
-            twin["actual_version"] = {"cloud": 0, "edge": row.reported_version}
-        return twin
+        return model.membership_entry(device, self._states.get(device.id))
 
     # --- mapper requests ---------------------------------------------------------------------------------
 
@@ -384,13 +297,13 @@ class DeviceTwin:
             return
         if request.kind == "membership/get":
             if request.node == self.node_name:
-                self._membership_get(_lenient(payload), batch)
+                self._membership_get(model.decode_leniently(payload), batch)
             return
         self.handled += 1
         event_id = ""
         try:
-            data = _decode(payload)
-            event_id = data["event_id"] if isinstance(data.get("event_id"), str) else ""
+            data = model.decode(payload)
+            event_id = model.event_id_of(data)
             device = self._device(request.device)
             if request.kind == "twin/update":
                 self._twin_update(device, event_id, data, batch)
@@ -422,7 +335,7 @@ class DeviceTwin:
         batch.replies.append((result(request.device), error_payload(event_id, code, reason, self._now())))
 
     def _membership_get(self, data: dict[str, Any], batch: _Batch) -> None:
-        event_id = data["event_id"] if isinstance(data.get("event_id"), str) else ""
+        event_id = model.event_id_of(data)
         batch.replies.append(
             (
                 topics.membership_get_result(self.node_name),
@@ -441,43 +354,14 @@ class DeviceTwin:
                 batch.replies.append(self._delta(device, delta))
 
     def _twin_update(self, device: NodeDevice, event_id: str, data: dict[str, Any], batch: _Batch) -> None:
-        twin = data.get("twin")
-        if not isinstance(twin, dict) or not twin:
-            raise Rejection(400, "twin must be a non-empty object of properties")
-        values: dict[str, str] = {}
-        for prop, msg in twin.items():
-            if prop not in device.properties:
-                raise Rejection(400, f"device {device.id} has no property {prop!r}")
-            if device.model is None:
-                raise Rejection(404, f"device model {device.namespace}/{device.model_name} is unknown")
-            kind = device.types.get(prop)
-            if kind is None:
-                raise Rejection(400, f"property {prop!r} is not in device model {device.model_name}")
-            actual = msg.get("actual") if isinstance(msg, dict) else None
-            if not isinstance(actual, dict) or "value" not in actual:
-                raise Rejection(400, f"property {prop!r} has no actual value")
-            try:
-                value = wire_value(actual["value"])
-                check_value(value, kind)
-            except InvalidValue as exc:
-                raise Rejection(400, f"property {prop!r}: {exc}") from None
-            values[prop] = value
-        # Every property checked: only now does anything change.
+        values = model.reported_values(device, data)  # every property checked: only now does anything change
         now = self._now()
         rows = self._rows.setdefault(device.id, {})
-        document: dict[str, Any] = {}
+        changes: dict[str, tuple[TwinRow | None, TwinRow]] = {}
         for prop, value in values.items():
             before = rows.get(prop)
-            row = (
-                replace(before, reported=value, reported_version=before.reported_version + 1, reported_ts=now)
-                if before is not None
-                else TwinRow(device.id, prop, reported=value, reported_version=1, reported_ts=now)
-            )
-            rows[prop] = batch.reported[device.id, prop] = row
-            document[prop] = {
-                "last": self._msg_twin(device, prop, before) if before is not None else None,
-                "current": self._msg_twin(device, prop, row),
-            }
+            row = rows[prop] = batch.reported[device.id, prop] = model.with_report(before, device.id, prop, value, now)
+            changes[prop] = (before, row)
             batch.add_upstream(
                 upstream.twin_reported(
                     device.namespace,
@@ -490,10 +374,13 @@ class DeviceTwin:
                 )
             )
         batch.replies.append(
-            (topics.twin_update_result(device.id), {"event_id": event_id, "timestamp": now, "twin": twin})
+            (topics.twin_update_result(device.id), {"event_id": event_id, "timestamp": now, "twin": data["twin"]})
         )
         batch.replies.append(
-            (topics.twin_update_document(device.id), {"event_id": event_id, "timestamp": now, "twin": document})
+            (
+                topics.twin_update_document(device.id),
+                model.twin_document(device, changes, event_id=event_id, now_ms=now),
+            )
         )
         log.debug("twin_reported", device=device.id, properties=sorted(values))
 
@@ -505,17 +392,17 @@ class DeviceTwin:
                 {
                     "event_id": event_id,
                     "timestamp": self._now(),
-                    "twin": {prop: self._msg_twin(device, prop, rows.get(prop)) for prop in device.properties},
+                    "twin": model.all_twins(device, rows),
                 },
             )
         )
 
     def _state_update(self, device: NodeDevice, event_id: str, data: dict[str, Any], batch: _Batch) -> None:
-        state = data.get("state")
-        if not isinstance(state, str) or not state or len(state.encode()) > MAX_STATE_BYTES:
-            raise Rejection(400, f"state must be a non-empty string of at most {MAX_STATE_BYTES} bytes")
+        state = model.reported_state(data)
         now = self._now()
-        batch.add_upstream(upstream.device_state(device.namespace, device.name, state, last_online_time=rfc3339(now)))
+        batch.add_upstream(
+            upstream.device_state(device.namespace, device.name, state, last_online_time=model.rfc3339(now))
+        )
         if self._states.get(device.id) != state:
             log.info("device_state", device=device.id, state=state)
         self._states[device.id] = state
@@ -527,22 +414,3 @@ class DeviceTwin:
 def _kind(resource: str) -> str:
     parts = resource.split("/", 2)
     return parts[1] if len(parts) == 3 else ""
-
-
-def _decode(payload: bytes) -> dict[str, Any]:
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise Rejection(400, f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}")
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise Rejection(400, f"payload is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise Rejection(400, "payload is not a JSON object")
-    return data
-
-
-def _lenient(payload: bytes) -> dict[str, Any]:
-    try:
-        return _decode(payload)
-    except Rejection:
-        return {}

@@ -223,3 +223,43 @@ async def test_graceful_shutdown_closes_edges_with_going_away(pki: Pki) -> None:
         await asyncio.wait_for(ws.recv(), 5)
     assert ws.close_code == CloseCode.GOING_AWAY
     assert ws.close_reason == "CloudCore is shutting down"
+
+
+HELLO = (
+    '{"header":{"msg_id":"1","timestamp":0},"route":{"group":"hub","operation":"hello"},'
+    '"content":{"version":1,"inventory":{}}}'
+)
+
+
+async def test_many_connections_of_one_node_at_once_leave_exactly_one(pki: Pki, tmp_path: Path) -> None:
+    async with running_cloud(pki, node_limit=3) as (hub, _):
+        port = await hub.wait_serving()
+        context = pki.node_context(B)
+        async with running_edge(pki, port, tmp_path / "a.db") as edge:  # a legitimate node, throughout
+            await asyncio.wait_for(edge.connected.wait(), 10)
+            conns = await asyncio.gather(*(connect(f"wss://127.0.0.1:{port}/", ssl=context) for _ in range(60)))
+            await asyncio.gather(*(ws.send(HELLO) for ws in conns), return_exceptions=True)
+
+            async def outcome(ws: object) -> int | None:
+                try:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 3)  # type: ignore[attr-defined]
+                except ConnectionClosed:
+                    return int(ws.close_code)  # type: ignore[attr-defined]
+                except TimeoutError:
+                    return None  # still open
+
+            outcomes = await asyncio.gather(*(outcome(ws) for ws in conns))
+            assert outcomes.count(None) == 1, outcomes
+            assert set(outcomes) - {None} == {CloseCode.REPLACED}
+            assert len(hub.registry) == 2 and hub.connected_nodes() == {A, B}
+            # the node limit counts what is registered, so a third node still fits, and a fourth does not
+            async with connect(f"wss://127.0.0.1:{port}/", ssl=pki.node_context(NodeName("edge-c"))) as c:
+                await c.send(HELLO)
+                await asyncio.wait_for(c.recv(), 5)  # welcome
+                async with connect(f"wss://127.0.0.1:{port}/", ssl=pki.node_context(NodeName("edge-d"))) as d:
+                    with pytest.raises(ConnectionClosed):
+                        await asyncio.wait_for(d.recv(), 5)
+                    assert d.close_code == CloseCode.TRY_AGAIN_LATER
+            for ws in conns:
+                await ws.close()
