@@ -32,10 +32,11 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Linked as /bin/<applet> when this busybox has the applet.
 _APPLET_NAMES = """
-    sh ash [ awk basename cat chmod chown cp cut date dd df dirname dmesg du echo env expr false find free grep head
-    hostname id ip kill less ln ls md5sum mkdir mktemp more mount mv nc netstat nslookup ping printenv printf ps pwd
-    readlink realpath rm rmdir sed seq sha256sum sleep sort stat sync tail tee test timeout top touch tr true umount
-    uname uniq uptime vi wc wget which whoami xargs yes
+    sh ash [ awk base64 basename cat chmod chown cp cut date dd df dirname dmesg du echo env expr false find
+    free grep head gzip hostname httpd id ip kill less ln ls md5sum mkdir mktemp more mount mv nc netstat
+    nslookup ping printenv printf ps pwd readlink realpath rm rmdir sed seq sha256sum sleep sort stat stty
+    sync tail tar tee test timeout top touch tr true umount uname uniq uptime vi wc wget which whoami xargs
+    yes
 """
 APPLETS = frozenset(_APPLET_NAMES.split())
 DIRS = ("bin", "dev", "etc", "home", "proc", "root", "run", "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin", "var")

@@ -2,6 +2,8 @@
 
 Two implementations: ``edgecore.edged.cri.CriRuntime`` talks CRI (gRPC) to containerd; the *hollow*
 runtime in ``edgecore.edged.hollow`` simulates containers without processes, for scale benchmarks only.
+``StreamingRuntime`` is what exec, attach, port-forward and the stats endpoints need on top; only the CRI
+runtime has it.
 """
 
 from __future__ import annotations
@@ -130,3 +132,43 @@ class ContainerRuntime(Protocol):
     async def list_containers(self, sandbox_id: str | None = None) -> list[ContainerInfo]: ...
     async def container_status(self, container_id: str) -> ContainerInfo: ...
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+
+
+@dataclass(frozen=True)
+class ContainerUsage:
+    """One container's resource use, as the CRI reports it (ListContainerStats)."""
+
+    container_id: str
+    name: str
+    labels: dict[str, str]
+    timestamp_ns: int
+    cpu_core_ns: int  # cumulative CPU time
+    memory_working_set: int  # bytes
+    memory_usage: int
+    memory_rss: int
+
+
+class StreamingRuntime(Protocol):
+    """The runtime's streaming server and stats: each streaming call returns the URL to relay the client to."""
+
+    async def exec_url(
+        self, container_id: str, cmd: list[str], *, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> str: ...
+    async def attach_url(self, container_id: str, *, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> str: ...
+    async def port_forward_url(self, sandbox_id: str, ports: list[int]) -> str: ...
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout_s: int) -> ExecResult: ...
+    async def container_usage(self) -> list[ContainerUsage]: ...
+    async def list_sandboxes(self) -> list[SandboxInfo]: ...
+    async def list_containers(self, sandbox_id: str | None = None) -> list[ContainerInfo]: ...
+    async def container_status(self, container_id: str) -> ContainerInfo: ...
+
+
+class FullRuntime(ContainerRuntime, StreamingRuntime, Protocol):
+    """What EdgeCore runs with: pods, and streams to them (``CriRuntime``)."""

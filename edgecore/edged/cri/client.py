@@ -30,6 +30,8 @@ from edgecore.edged.runtime import (
     ContainerInfo,
     ContainerRuntimeError,
     ContainerState,
+    ContainerUsage,
+    ExecResult,
     ImageError,
     SandboxConfig,
     SandboxInfo,
@@ -287,6 +289,51 @@ class CriRuntime:
             f"of container {container_id}",
         )
         return _container_info(resp.status, sandbox_id)
+
+    # --- streaming and stats -------------------------------------------------------------------------------
+
+    async def exec_url(
+        self, container_id: str, cmd: list[str], *, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> str:
+        request = pb.ExecRequest(container_id=container_id, cmd=cmd, tty=tty, stdin=stdin, stdout=stdout, stderr=stderr)
+        resp = await self._call("Exec", request, pb.ExecResponse, f"in container {container_id}")
+        return resp.url
+
+    async def attach_url(self, container_id: str, *, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> str:
+        request = pb.AttachRequest(container_id=container_id, tty=tty, stdin=stdin, stdout=stdout, stderr=stderr)
+        resp = await self._call("Attach", request, pb.AttachResponse, f"to container {container_id}")
+        return resp.url
+
+    async def port_forward_url(self, sandbox_id: str, ports: list[int]) -> str:
+        request = pb.PortForwardRequest(pod_sandbox_id=sandbox_id, port=ports)
+        resp = await self._call("PortForward", request, pb.PortForwardResponse, f"to sandbox {sandbox_id}")
+        return resp.url
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout_s: int) -> ExecResult:
+        resp = await self._call(
+            "ExecSync",
+            pb.ExecSyncRequest(container_id=container_id, cmd=cmd, timeout=timeout_s),
+            pb.ExecSyncResponse,
+            f"in container {container_id}",
+            deadline_s=timeout_s + self.timeout if timeout_s else None,
+        )
+        return ExecResult(resp.stdout, resp.stderr, resp.exit_code)
+
+    async def container_usage(self) -> list[ContainerUsage]:
+        resp = await self._call("ListContainerStats", pb.ListContainerStatsRequest(), pb.ListContainerStatsResponse, "")
+        return [
+            ContainerUsage(
+                container_id=stat.attributes.id,
+                name=stat.attributes.metadata.name,
+                labels=dict(stat.attributes.labels),
+                timestamp_ns=stat.cpu.timestamp or stat.memory.timestamp,
+                cpu_core_ns=stat.cpu.usage_core_nano_seconds.value,
+                memory_working_set=stat.memory.working_set_bytes.value,
+                memory_usage=stat.memory.usage_bytes.value,
+                memory_rss=stat.memory.rss_bytes.value,
+            )
+            for stat in resp.stats
+        ]
 
 
 async def _empty() -> str:
