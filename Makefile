@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PY      := .venv/bin/python
 UV      := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 # Debian packages the tests run against. Installed only when missing.
-DEBS    := etcd-server mosquitto containerd runc containernetworking-plugins busybox-static
+DEBS    := etcd-server mosquitto containerd runc containernetworking-plugins busybox-static iproute2
 export UV_PYTHON_DOWNLOADS := never
 
 .PHONY: help test demo demo-down venv proto deps apiserver lint typecheck imports pytest clean

@@ -8,9 +8,19 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from cloudcore.certs import ensure_ca, write_serving_cert
+from cryptography import x509
+
+from cloudcore.certs import (
+    ensure_ca,
+    peer_client_context,
+    stream_server_context,
+    write_peer_cert,
+    write_serving_cert,
+)
 from cloudcore.certservice import CertService
 from cloudcore.cloudhub import CloudHub, HubSettings
+from cloudcore.cloudstream import Authorizer, SessionDirectory, StreamBroker, StreamServer, StreamSettings
+from cloudcore.cloudstream.directory import ANNOTATION
 from cloudcore.config import CloudCoreConfig, ca_from_files, kube_rate
 from cloudcore.edgecontroller.lease import LeaseRenewer
 from cloudcore.edgecontroller.placement import EDGE_LABEL, Placement
@@ -75,6 +85,7 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
         placement=placement,
         now_ms=now_ms,
         retry=RetryPolicy.from_config(config.modules.edge_controller),
+        kubelet_port=config.common_config.tunnel_port if config.modules.cloud_stream.enable else None,
     )
     informers = [
         Informer(kube, "/api/v1/nodes", name="nodes", handler=placement.on_node, query=[("labelSelector", EDGE_LABEL)]),
@@ -103,7 +114,13 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
         finally:
             serving.clear()
 
-    lease = LeaseRenewer(kube=kube, hub=hub, interval=config.modules.edge_controller.lease_renew_interval)
+    endpoint = stream_endpoint(config)
+    lease = LeaseRenewer(
+        kube=kube,
+        hub=hub,
+        interval=config.modules.edge_controller.lease_renew_interval,
+        annotations={ANNOTATION: endpoint} if config.modules.cloud_stream.enable else {},
+    )
     monitor = Monitor(
         bind_address=config.common_config.monitor_server.bind_address,
         collector=HubCollector(hub, informers),
@@ -127,4 +144,65 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
             signing_days=hub_config.edge_cert_signing_duration,
         )
         modules.append(Module("certservice", certs.run))
+    if config.modules.cloud_stream.enable:
+        streams = stream_server(
+            config, kube=kube, hub=hub, placement=placement, ca=ca, ca_pem=ca_pem, endpoint=endpoint
+        )
+        modules.append(Module("cloudstream", streams.run))
     return modules, kube.close
+
+
+def stream_endpoint(config: CloudCoreConfig) -> str:
+    """host:port at which the other replicas reach this one's stream server."""
+    stream = config.modules.cloud_stream
+    if stream.advertise_address:
+        return stream.advertise_address
+    host = next(iter(config.modules.cloud_hub.advertise_address), "127.0.0.1")
+    return f"[{host}]:{stream.stream_port}" if ":" in host else f"{host}:{stream.stream_port}"
+
+
+def stream_server(
+    config: CloudCoreConfig,
+    *,
+    kube: Kube,
+    hub: CloudHub,
+    placement: Placement,
+    ca: CertificateAuthority | None,
+    ca_pem: bytes,
+    endpoint: str,
+) -> StreamServer:
+    """The stream server with its TLS: its certificate (from files, or issued now from the kubage CA), the API
+    server's kubelet-client CA, and this replica's peer certificate for reaching the others."""
+    stream, hub_config = config.modules.cloud_stream, config.modules.cloud_hub
+    cert_file, key_file = Path(stream.tls_stream_cert_file), Path(stream.tls_stream_private_key_file)
+    if not cert_file.exists():
+        if ca is None:
+            raise StreamSetupError(
+                f"modules.cloudStream.tlsStreamCertFile: {cert_file} does not exist, and without "
+                "the CA's key (modules.cloudHub.tlsCAKeyFile) none can be issued"
+            )
+        names = [*hub_config.advertise_address, *hub_config.dns_names, socket.gethostname(), "localhost", "127.0.0.1"]
+        write_serving_cert(ca, list(dict.fromkeys(names)), cert_file, key_file)
+    client_cas = [stream.tls_stream_ca_file] if stream.tls_stream_ca_file else [str(kube.api.configuration.ssl_ca_cert)]
+    peer_context = None
+    if ca is not None:
+        peer_cert, peer_key = cert_file.with_name("cloudcore-peer.crt"), key_file.with_name("cloudcore-peer.key")
+        write_peer_cert(ca, socket.gethostname(), peer_cert, peer_key)
+        peer_context = peer_client_context(peer_cert, peer_key, client_cas, ca_pem)
+    broker = StreamBroker(hub.send, dial_timeout=stream.dial_timeout, max_per_node=stream.max_streams_per_node)
+    hub.stream_acceptor = broker.accept
+    return StreamServer(
+        settings=StreamSettings(host=stream.address, port=stream.stream_port),
+        ssl_context=stream_server_context(cert_file, key_file, client_cas, ca_pem),
+        peer_context=peer_context,
+        kubage_ca=x509.load_pem_x509_certificate(ca_pem),
+        hub=hub,
+        broker=broker,
+        placement=placement,
+        authorizer=Authorizer(kube),
+        directory=SessionDirectory(kube, endpoint=endpoint),
+    )
+
+
+class StreamSetupError(Exception):
+    """The stream server cannot be set up with this configuration; the message names the key."""

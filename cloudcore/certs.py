@@ -1,5 +1,5 @@
 """CloudCore's CA, kept in the Secret ``kubeedge/casecret`` (keys ``cadata`` and ``cakeydata``, as KubeEdge
-names them), and its serving certificate.
+names them), its serving certificates, and the TLS of the stream server and between replicas.
 
 The CA is created exactly once, even when several replicas (or ``keadm init`` and a replica) start together:
 each reads the Secret, and only when it is absent creates a CA and tries to *create* the Secret. The API server
@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ssl
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from cloudcore.kube import Conflict, Kube
 from common.logging import get_logger
-from common.pki import CertificateAuthority, write_pair
+from common.pki import CertificateAuthority, new_key, write_pair
 
 log = get_logger(__name__)
 
@@ -23,6 +27,7 @@ NAMESPACE = "kubeedge"
 CA_SECRET = "casecret"  # noqa: S105 - a Secret's name, not a password
 CA_COMMON_NAME = "kubage-ca"
 CA_DAYS = 36500  # as KubeEdge: rotating the root means re-joining every node
+PEER_CN_PREFIX = "kubage:cloudcore:"  # the CN of a CloudCore replica's peer certificate (streams between replicas)
 
 
 async def ensure_namespace(kube: Kube, namespace: str = NAMESPACE) -> None:
@@ -87,3 +92,41 @@ def write_serving_cert(ca: CertificateAuthority, names: list[str], cert_file: Pa
     written_cert, written_key = write_pair(key_file.parent, f".{key_file.name}.new", key, cert)
     written_key.replace(key_file)
     written_cert.replace(cert_file)
+
+
+def write_peer_cert(ca: CertificateAuthority, name: str, cert_file: Path, key_file: Path) -> None:
+    """The client certificate a replica presents to the others' stream servers (CN kubage:cloudcore:<name>)."""
+    key = new_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PEER_CN_PREFIX + name)])
+    cert = ca.issue(subject, key.public_key(), days=CA_DAYS, client=True)
+    written_cert, written_key = write_pair(key_file.parent, f".{key_file.name}.new", key, cert)
+    written_key.replace(key_file)
+    written_cert.replace(cert_file)
+
+
+def stream_server_context(
+    cert_file: Path, key_file: Path, client_ca_files: list[str], kubage_ca_pem: bytes
+) -> ssl.SSLContext:
+    """The stream server's TLS: its certificate; client certificates from the API server's kubelet-client CA or
+    (other replicas) the kubage CA are verified, none at all is left to the bearer token (else 401)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    for ca_file in client_ca_files:
+        ctx.load_verify_locations(cafile=ca_file)
+    ctx.load_verify_locations(cadata=kubage_ca_pem.decode())
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def peer_client_context(
+    cert_file: Path, key_file: Path, server_ca_files: list[str], kubage_ca_pem: bytes
+) -> ssl.SSLContext:
+    """How a replica connects to another's stream server: its peer certificate, the other's verified."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    for ca_file in server_ca_files:
+        ctx.load_verify_locations(cafile=ca_file)
+    ctx.load_verify_locations(cadata=kubage_ca_pem.decode())
+    return ctx

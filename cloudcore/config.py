@@ -19,6 +19,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/kubage/cloudcore.yaml")
 API_VERSION: Literal["cloudcore.config.kubeedge.io/v1alpha1"] = "cloudcore.config.kubeedge.io/v1alpha1"
 
 _NOT_HERE = ""  # nothing more to say: kubage has no such part
+_STREAMS = "edges open streams on CloudHub's port (modules.cloudHub.websocket), with their node certificates"
 UNSUPPORTED = {
     "kubeAPIConfig.contentType": "kubage talks JSON to the API server",
     "modules.cloudHub.quic": "edges connect over WebSocket only (modules.cloudHub.websocket)",
@@ -31,13 +32,15 @@ UNSUPPORTED = {
     "modules.deviceController": "devices are sent down and their status written by the edge controller",
     "modules.syncController": "edges resync from their inventory on connect; there are no ObjectSync records",
     "modules.dynamicController": _NOT_HERE,
-    "modules.cloudStream": _NOT_HERE,
+    "modules.cloudStream.tunnelPort": _STREAMS,
+    "modules.cloudStream.tlsTunnelCAFile": _STREAMS,
+    "modules.cloudStream.tlsTunnelCertFile": _STREAMS,
+    "modules.cloudStream.tlsTunnelPrivateKeyFile": _STREAMS,
     "modules.router": _NOT_HERE,
     "modules.iptablesManager": _NOT_HERE,
     "modules.taskManager": _NOT_HERE,
     "modules.nodeUpgradeJobController": _NOT_HERE,
     "modules.policyController": _NOT_HERE,
-    "commonConfig.tunnelPort": _NOT_HERE,
     "featureGates": "kubage has no feature gates",
 }
 
@@ -130,11 +133,36 @@ class EdgeController(ConfigModel):
     _enabled = field_validator("enable")(must_be_true("it is what sends each node its objects"))
 
 
+class CloudStream(ConfigModel):
+    enable: bool = True
+    """Serve kubectl logs, exec, attach, port-forward and the node proxy for edge nodes."""
+    address: str = "0.0.0.0"  # noqa: S104 - the API server connects from another machine
+    """Address the stream server listens on."""
+    stream_port: int = Field(default=10003, ge=1, le=65535)
+    """Port the stream server listens on: the API server's requests to edge nodes' kubelet port arrive here."""
+    advertise_address: str = ""
+    """host:port other CloudCore replicas reach this one's stream server at; empty: the first of
+    modules.cloudHub.advertiseAddress (else 127.0.0.1) with streamPort."""
+    tls_stream_ca_file: str = Field(default="", alias="tlsStreamCAFile")
+    """CA of the API server's kubelet client certificate; empty: the cluster's CA (in-cluster, or the
+    kubeconfig's). A client certificate from any other CA is refused at TLS."""
+    tls_stream_cert_file: str = Field(default="/etc/kubage/certs/stream.crt", alias="tlsStreamCertFile")
+    """The stream server's certificate; when the file is absent, one is issued at start from the kubage CA."""
+    tls_stream_private_key_file: str = Field(default="/etc/kubage/certs/stream.key", alias="tlsStreamPrivateKeyFile")
+    """The stream server's key (written with the certificate when that is issued at start)."""
+    max_streams_per_node: int = Field(default=16, ge=1)
+    """Streams open to one node at once at most; one more is refused with 429."""
+    dial_timeout: float = Field(default=10.0, gt=0)
+    """Seconds an edge has to open a stream once asked; then the request fails (502)."""
+
+
 class Modules(ConfigModel):
     cloud_hub: CloudHub = Field(default_factory=CloudHub)
     """The WebSocket server edges connect to, and the certificate service."""
     edge_controller: EdgeController = Field(default_factory=EdgeController)
     """Which objects each node holds, and what edges report up."""
+    cloud_stream: CloudStream = Field(default_factory=CloudStream)
+    """kubectl logs, exec, attach, port-forward and the node proxy, through the tunnel."""
 
 
 class MonitorServer(ConfigModel):
@@ -145,6 +173,9 @@ class MonitorServer(ConfigModel):
 class CommonConfig(ConfigModel):
     monitor_server: MonitorServer = Field(default_factory=MonitorServer)
     """Metrics and health endpoints."""
+    tunnel_port: int = Field(default=10350, ge=1, le=65535)
+    """The kubelet port edge nodes advertise (status.daemonEndpoints.kubeletEndpoint); the API server's
+    requests to <node address>:tunnelPort must reach modules.cloudStream's streamPort (see the README)."""
 
 
 class CloudCoreConfig(ConfigModel):

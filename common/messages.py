@@ -58,6 +58,7 @@ class Group(enum.StrEnum):
     USER = "user"  # application messages (router, eventbus)
     FUNC = "func"
     HUB = "hub"  # session control between CloudHub and EdgeHub
+    STREAM = "stream"  # "open a stream": cloudstream -> edgestream (common/streams.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,14 +22,16 @@ from edgecore.config import EventBus as EventBusConfig
 from edgecore.devicetwin import DeviceTwin
 from edgecore.edged.edged import Edged
 from edgecore.edged.node import NodeReporter, host_ip_towards, node_status
-from edgecore.edged.runtime import ContainerRuntime
+from edgecore.edged.runtime import FullRuntime
 from edgecore.edgehub import EdgeHub, EdgeHubSettings
+from edgecore.edgestream import EdgeStream
+from edgecore.edgestream.kubelet import KubeletApi
 from edgecore.eventbus import EventBus, EventBusSettings
 from edgecore.metamanager.store import MetaStore
 
 log = get_logger(__name__)
 
-RuntimeFactory = Callable[[str], ContainerRuntime]
+RuntimeFactory = Callable[[str], FullRuntime]
 
 
 class EdgeCollector(Collector):
@@ -96,6 +98,18 @@ async def build(
             restart_backoff=edged_config.restart_backoff,
         )
         hub.add_change_listener(edged.wake)
+    stream: EdgeStream | None = None
+    if runtime is not None and edged is not None and config.modules.edge_stream.enable:
+        api = KubeletApi(
+            node_name=node,
+            store=store,
+            runtime=runtime,
+            log_root=Path(edged_config.root_directory) / "logs" / "pods",
+            pod_statuses=edged.reported_status,
+            bytes_per_s=config.modules.edge_stream.max_bytes_per_second,
+        )
+        stream = EdgeStream(api=api, dial=hub.dial, max_streams=config.modules.edge_stream.max_streams)
+        hub.set_message_handler(stream.on_message)
 
     async def current_status() -> dict[str, Any]:
         if runtime is None:
@@ -126,6 +140,7 @@ async def build(
     modules = [
         Module("edgehub", hub.run, Restart.NEVER),
         *([Module("edged", edged.run)] if edged is not None else []),
+        *([Module("edgestream", stream.run)] if stream is not None else []),
         Module("node", reporter.run),
         Module("monitor", monitor.run),
         Module("systemd", systemd),

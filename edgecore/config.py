@@ -20,6 +20,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/kubage/edgecore.yaml")
 API_VERSION: Literal["edgecore.config.kubeedge.io/v1alpha2"] = "edgecore.config.kubeedge.io/v1alpha2"
 
 _NOT_HERE = ""  # nothing more to say: kubage has no such part
+_STREAMS = "streams go to the CloudCore of modules.edgeHub, with its certificate and timeouts"
 _OUTBOX = "the outbox sends only each object's latest value, modules.edgeHub.window at a time"
 UNSUPPORTED = {
     "modules.edgeHub.quic": "EdgeCore connects over WebSocket only (modules.edgeHub.websocket)",
@@ -39,7 +40,13 @@ UNSUPPORTED = {
     "modules.deviceTwin": "device twins are always on with modules.eventBus",
     "modules.serviceBus": _NOT_HERE,
     "modules.dbTest": _NOT_HERE,
-    "modules.edgeStream": _NOT_HERE,
+    "modules.edgeStream.server": _STREAMS,
+    "modules.edgeStream.handshakeTimeout": _STREAMS,
+    "modules.edgeStream.readDeadline": _STREAMS,
+    "modules.edgeStream.writeDeadline": _STREAMS,
+    "modules.edgeStream.tlsTunnelCAFile": _STREAMS,
+    "modules.edgeStream.tlsTunnelCertFile": _STREAMS,
+    "modules.edgeStream.tlsTunnelPrivateKeyFile": _STREAMS,
     "modules.taskManager": _NOT_HERE,
     "featureGates": "kubage has no feature gates",
     "edgecoreVersion": "EdgeCore reports its version itself",
@@ -160,6 +167,16 @@ class EventBus(ConfigModel):
     """Received messages held before DeviceTwin takes them."""
 
 
+class EdgeStream(ConfigModel):
+    enable: bool = True
+    """Serve CloudCore's stream requests: kubectl logs, exec, attach, port-forward and the node proxy."""
+    max_streams: int = Field(default=32, ge=1)
+    """Streams served at once at most; one more is answered 429."""
+    max_bytes_per_second: float = Field(default=16 * 1024 * 1024, ge=0)
+    """Pace of each exec, attach and port-forward stream, each way (0: none), so that a bulk copy leaves the
+    gateway's CPU and link to the object sync; 16 MiB/s is 134 Mbit/s, above most edge links."""
+
+
 class Modules(ConfigModel):
     edge_hub: EdgeHub = Field(default_factory=EdgeHub)
     """The link to CloudCore."""
@@ -167,6 +184,8 @@ class Modules(ConfigModel):
     """The node and its pods."""
     event_bus: EventBus = Field(default_factory=EventBus)
     """MQTT, for devices."""
+    edge_stream: EdgeStream = Field(default_factory=EdgeStream)
+    """kubectl logs, exec, attach, port-forward and the node proxy for this node."""
 
 
 class EdgeCoreConfig(ConfigModel):

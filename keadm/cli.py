@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "join": ("keadm.join", "join this machine to CloudCore as an edge node"),
     "reset": ("keadm.reset", "undo 'keadm join' (or, with --kube-config, 'keadm init')"),
     "diagnose": ("keadm.diagnose", "check runtime, broker, cloud reachability, certificates and disk"),
+    "ctl": ("keadm.ctl", "the node's pods, their logs and exec, from the gateway itself (works offline)"),
 }
 
 
@@ -47,7 +48,11 @@ def _parser(chosen: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    args = _parser(chosen if chosen in SUBCOMMANDS else None).parse_args(argv)
+    # What follows "--" is a command to run (keadm ctl exec POD -- CMD): kept away from nested subparsers,
+    # which would try to parse it.
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = _parser(chosen if chosen in SUBCOMMANDS else None).parse_args(argv[:cut])
+    args.after_dashes = argv[cut + 1 :]
     try:
         return _module(args.command).run(args)
     except KeyboardInterrupt:

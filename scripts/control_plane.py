@@ -38,6 +38,13 @@ from scripts.harness.procs import free_port, is_ours, stop_pid
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = Path(os.environ.get("KUBAGE_CONTROL_PLANE_DIR", "/tmp/kubage-control-plane"))
 READY_TIMEOUT_S = 90.0
+# Addresses the tests give edge nodes, so that the API server's request to a node's kubelet names the node; the
+# kubelet serving certificate covers each. Not loopback: the API server's node proxy refuses loopback addresses
+# (they are not global unicast). A "local" route on lo makes the whole range this machine's own, so nothing
+# sent to it leaves the machine; ``up`` adds the route when it is missing and leaves it (another control plane
+# may be using it).
+EDGE_NODE_NETWORK = "10.250.3.0/24"
+EDGE_NODE_ADDRESSES = [f"10.250.3.{i}" for i in range(1, 255)]
 STOP_TIMEOUT_S = 10.0
 # Processes in start order; `down` stops them in reverse.
 PROCESSES = ("etcd", "kube-apiserver")
@@ -160,6 +167,34 @@ def write_certificates(pki: Path) -> None:
     admin = _cert(admin_name, admin_key, ca_name, ca_key, client=True)
     (pki / "admin.crt").write_bytes(_pem(admin))
     _write_key(pki / "admin.key", admin_key)
+
+    # The API server's client certificate towards kubelets, and the serving certificate of a kubelet it verifies
+    # (--kubelet-certificate-authority): CloudCore's stream server answers for every edge node, whose addresses
+    # in tests come from EDGE_NODE_ADDRESSES.
+    kubelet_client_key = _key()
+    kubelet_client_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-kubelet-client"),
+        ]
+    )
+    kubelet_client = _cert(kubelet_client_name, kubelet_client_key, ca_name, ca_key, client=True)
+    (pki / "apiserver-kubelet-client.crt").write_bytes(_pem(kubelet_client))
+    _write_key(pki / "apiserver-kubelet-client.key", kubelet_client_key)
+    stream_key = _key()
+    stream_sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        *(x509.IPAddress(ipaddress.ip_address(a)) for a in ["127.0.0.1", *EDGE_NODE_ADDRESSES]),
+    ]
+    stream = _cert(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubage-stream-server")]),
+        stream_key,
+        ca_name,
+        ca_key,
+        server_sans=stream_sans,
+    )
+    (pki / "kubelet-serving.crt").write_bytes(_pem(stream))
+    _write_key(pki / "kubelet-serving.key", stream_key)
 
     _write_key(pki / "sa.key", _key())  # signs service-account tokens
     sa_pub = serialization.load_pem_private_key((pki / "sa.key").read_bytes(), None).public_key()
@@ -370,6 +405,12 @@ def start_apiserver(state: Path, ports: Endpoints) -> None:
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
+            # Edge nodes' kubelet endpoint is CloudCore's stream server: reached at the node's InternalIP (no name
+            # lookup leaves the machine), verified against this CA, and shown the API server's client certificate.
+            "--kubelet-preferred-address-types=InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -392,6 +433,7 @@ def up(state: Path) -> Path:
             return state / "kubeconfig"
         raise ControlPlaneError(f"{state} exists but its processes are not running: run 'down' first")
     ports = Endpoints(free_port(), free_port(), free_port())
+    ensure_edge_node_route()
     state.mkdir(parents=True)
     try:
         write_certificates(state / "pki")
@@ -404,6 +446,20 @@ def up(state: Path) -> Path:
     except BaseException:
         down(state)
         raise
+
+
+def ensure_edge_node_route() -> None:
+    """Make EDGE_NODE_NETWORK local to this machine (``ip route add local … dev lo``), unless it is already."""
+    shown = subprocess.run(
+        ["ip", "route", "show", "table", "local", EDGE_NODE_NETWORK], capture_output=True, text=True, check=False
+    )
+    if EDGE_NODE_NETWORK.split("/", maxsplit=1)[0] in shown.stdout:
+        return
+    added = subprocess.run(
+        ["ip", "route", "add", "local", EDGE_NODE_NETWORK, "dev", "lo"], capture_output=True, text=True, check=False
+    )
+    if added.returncode != 0 and "File exists" not in added.stderr:
+        raise ControlPlaneError(f"cannot make {EDGE_NODE_NETWORK} local (ip route add local): {added.stderr.strip()}")
 
 
 def restart_apiserver(state: Path) -> None:

@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin: cloudcore, edgecore, keadm, kubage-mapper
 DEFAULT_DIR = Path(os.environ.get("KUBAGE_DEMO_DIR", "/tmp/kubage-demo"))
 NODE = "demo-edge"
+NODE_IP = "10.250.3.254"  # in scripts/control_plane.py's EDGE_NODE_NETWORK, local to this machine
 NAMESPACE = "demo"
 DEVICES = "/apis/devices.kubeedge.io/v1beta1"
 POD = "hello"
@@ -331,7 +332,12 @@ class Demo:
 
     async def _cloudcore(self) -> None:
         p = self.progress
-        self.ports = {"websocket": free_port(), "https": free_port(), "cloud-monitor": free_port()}
+        self.ports = {
+            "websocket": free_port(),
+            "https": free_port(),
+            "cloud-monitor": free_port(),
+            "stream": free_port(),
+        }
         config = self.cloud_dir / "cloudcore.yaml"
         cloud_log = self.logs / "cloudcore.log"
         async with p.step("CloudCore", 60, [cloud_log]):
@@ -347,10 +353,23 @@ class Demo:
     def cloudcore_config(self) -> dict[str, Any]:
         # The TLS files do not exist yet: CloudCore loads the CA from the Secret keadm init created, and writes them.
         ca, certs = self.cloud_dir / "ca", self.cloud_dir / "certs"
+        # kubectl logs/exec: the API server reaches the edge node at NODE_IP and the stream port (no DNAT here),
+        # and verifies the stream server with the control plane's CA, which signed its kubelet certificate.
+        pki = self.control_plane / "pki"
         return {
             "kubeAPIConfig": {"kubeConfig": str(self.kubeconfig)},
-            "commonConfig": {"monitorServer": {"bindAddress": f"127.0.0.1:{self.ports['cloud-monitor']}"}},
+            "commonConfig": {
+                "monitorServer": {"bindAddress": f"127.0.0.1:{self.ports['cloud-monitor']}"},
+                "tunnelPort": self.ports["stream"],
+            },
             "modules": {
+                "cloudStream": {
+                    "address": "0.0.0.0",  # noqa: S104 - the edge node's address, NODE_IP, is local too
+                    "streamPort": self.ports["stream"],
+                    "tlsStreamCAFile": str(pki / "ca.crt"),
+                    "tlsStreamCertFile": str(pki / "kubelet-serving.crt"),
+                    "tlsStreamPrivateKeyFile": str(pki / "kubelet-serving.key"),
+                },
                 "cloudHub": {
                     "advertiseAddress": ["127.0.0.1"],
                     "tlsCAFile": str(ca / "rootCA.crt"),
@@ -400,6 +419,8 @@ class Demo:
                     f"modules.eventBus.mqttServerExternal=tcp://127.0.0.1:{self.ports['mqtt']}",
                     "--set",
                     f"modules.edged.healthzBindAddress=127.0.0.1:{self.ports['edge-monitor']}",
+                    "--set",
+                    f"modules.edged.nodeIP={NODE_IP}",
                 ],
             )
             for line in out.strip().splitlines():
@@ -430,7 +451,7 @@ class Demo:
             await self.until(self._pod_running)
             p.detail("pod running at the edge (the API server says Running)")
             line = await self.until(self._pod_log_line)
-            p.detail(f"its log: {line}")
+            p.detail(f"kubectl -n {NAMESPACE} logs {POD}: {line}")
 
     async def _pod_running(self) -> bool:
         pod = await self.api().get(f"/api/v1/namespaces/{NAMESPACE}/pods/{POD}")
@@ -438,16 +459,18 @@ class Demo:
         containers = status.get("containerStatuses") or []
         return status.get("phase") == "Running" and bool(containers) and "running" in (containers[0].get("state") or {})
 
-    def pod_log_path(self) -> Path:
-        return self.edge.edged_root / "logs" / "pods" / f"{NAMESPACE}_{POD}_{self.pod_uid}" / POD / "0.log"
-
     async def _pod_log_line(self) -> str:
-        try:
-            text = await asyncio.to_thread(self.pod_log_path().read_text, errors="replace")
-        except OSError:
-            return ""
-        # CRI log format: "<time> stdout F <text>"
-        lines = [line.split(" ", 3)[-1] for line in text.splitlines() if line.count(" ") >= 3]
+        """The pod's first log line, through the real kubectl: API server → CloudCore → the tunnel → EdgeCore."""
+        out = await asyncio.to_thread(
+            subprocess.run,
+            ["kubectl", "--kubeconfig", str(self.kubeconfig), "-n", NAMESPACE, "logs", POD],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=production_env(),
+        )
+        lines = out.stdout.splitlines() if out.returncode == 0 else []
         return lines[0] if lines else ""
 
     async def device(self) -> None:
@@ -515,9 +538,11 @@ Look around:
   kubectl get nodes
   kubectl -n {NAMESPACE} get pods,devices
   kubectl -n {NAMESPACE} get device {DEVICE} -o jsonpath='{{.status.twins}}'
+  kubectl -n {NAMESPACE} logs -f {POD}            # through the tunnel, like exec and port-forward
+  kubectl -n {NAMESPACE} exec -it {POD} -- sh
+  kubectl get --raw /api/v1/nodes/{NODE}/proxy/stats/summary
   .venv/bin/keadm diagnose --root-dir {self.edge.root}
   logs: {self.logs}/  (cloudcore.log, edgecore.log, mapper.log, ...)
-  the pod's log: {self.pod_log_path()}
 """,
             flush=True,
         )

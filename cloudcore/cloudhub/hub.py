@@ -21,6 +21,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from cloudcore import config
 from cloudcore.cloudhub.pool import NodePool
 from cloudcore.cloudhub.registry import SessionRegistry
+from common import streams
 from common.config import settings_from
 from common.hublink import HubLink
 from common.logging import get_logger
@@ -34,6 +35,8 @@ log = get_logger(__name__)
 
 UpstreamHandler = Callable[[NodeName, Message], Awaitable[None]]
 ConnectionListener = Callable[[NodeName, bool], None]
+# (node, connection, path, token): a stream connection an edge dialled back (common/streams.py)
+StreamAcceptor = Callable[[NodeName, ServerConnection, str, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ class NodeStats:
     resync: int
 
 
+async def _no_streams(node: NodeName, ws: ServerConnection, path: str, token: str) -> None:
+    await ws.close(CloseCode.POLICY_VIOLATION, "this CloudCore serves no streams")
+
+
 async def _ignore_upstream(node: NodeName, message: Message) -> None:
     log.debug("upstream_ignored", node=node, operation=message.route.operation, resource=message.route.resource)
 
@@ -90,6 +97,7 @@ class CloudHub:
         self.settings = settings or HubSettings()
         self._ssl = ssl_context
         self.upstream = upstream or _ignore_upstream
+        self.stream_acceptor: StreamAcceptor = _no_streams
         self.pool = NodePool(on_change=self._changed)
         self.registry: SessionRegistry[HubLink, CloudSession] = SessionRegistry(self.settings.node_limit)
         self._listeners: list[ConnectionListener] = []
@@ -237,6 +245,11 @@ class CloudHub:
             reason = f"node_id header {claimed!r} does not match the certificate's node {node!r}"
             log.warning("connection_refused", node=node, peer=peer, reason=reason)
             await ws.close(CloseCode.POLICY_VIOLATION, reason)
+            return
+        path = ws.request.path if ws.request is not None else ""
+        if path.startswith(streams.PATH_PREFIX):  # a stream, not a session: not counted against the node limit
+            token = ws.request.headers.get(streams.TOKEN_HEADER, "") if ws.request is not None else ""
+            await self.stream_acceptor(node, ws, path, token)
             return
         if self.registry.full_for(node):
             log.warning("connection_refused", node=node, peer=peer, reason="node limit reached")

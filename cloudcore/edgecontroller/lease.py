@@ -26,8 +26,17 @@ def micro_time() -> str:
 
 
 class LeaseRenewer:
-    def __init__(self, *, kube: Kube, hub: CloudHub, interval: float = LEASE_DURATION_S / 4) -> None:
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        hub: CloudHub,
+        interval: float = LEASE_DURATION_S / 4,
+        annotations: dict[str, str] | None = None,
+    ) -> None:
         self._kube = kube
+        # Written on every renewal by the replica holding the session: the session directory of cloudstream.
+        self._annotations = annotations or {}
         self._hub = hub
         self._interval = interval
         self.renewals = 0
@@ -53,7 +62,8 @@ class LeaseRenewer:
         spec = {"holderIdentity": node, "leaseDurationSeconds": LEASE_DURATION_S, "renewTime": micro_time()}
         path = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
         try:
-            await self._kube.request("PATCH", f"{path}/{node}", body={"spec": spec}, content_type=MERGE_PATCH)
+            body = {"metadata": {"annotations": self._annotations}, "spec": spec}
+            await self._kube.request("PATCH", f"{path}/{node}", body=body, content_type=MERGE_PATCH)
         except NotFound:
             await self._kube.request(
                 "POST",
@@ -61,7 +71,7 @@ class LeaseRenewer:
                 body={
                     "apiVersion": "coordination.k8s.io/v1",
                     "kind": "Lease",
-                    "metadata": {"name": node, "namespace": NAMESPACE},
+                    "metadata": {"name": node, "namespace": NAMESPACE, "annotations": self._annotations},
                     "spec": spec,
                 },
             )

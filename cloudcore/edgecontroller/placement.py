@@ -171,6 +171,19 @@ class Placement:
         """The pod, if it is bound to ``node``."""
         return self.pods.get(node, {}).get(f"{namespace}/{name}")
 
+    def node_of_pod(self, namespace: str, name: str) -> NodeName | None:
+        """The edge node a pod is bound to, if it is bound to one."""
+        key = f"{namespace}/{name}"
+        return next((node for node, pods in self.pods.items() if key in pods and node in self.nodes), None)
+
+    def nodes_at(self, address: str) -> list[NodeName]:
+        """The edge nodes that report ``address`` among their status.addresses."""
+        return sorted(
+            name
+            for name, node in self.nodes.items()
+            if any(a.get("address") == address for a in (node.get("status") or {}).get("addresses") or [])
+        )
+
     def may_read(self, node: NodeName, ref_kind: str, namespace: str, name: str) -> bool:
         """Node authorization: a node may read a configmap or secret only if one of its pods uses it."""
         return (ref_kind, namespace, name) in self._node_refs.get(node, set())

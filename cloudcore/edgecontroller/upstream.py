@@ -78,12 +78,15 @@ class Upstream:
         placement: Placement,
         now_ms: Callable[[], int],
         retry: RetryPolicy | None = None,
+        kubelet_port: int | None = None,
     ) -> None:
         self._kube = kube
         self._hub = hub
         self._placement = placement
         self._now_ms = now_ms
         self._retry = retry or RetryPolicy()
+        # Where the API server reaches an edge node's "kubelet": CloudCore's stream server (see cloudstream).
+        self._kubelet_port = kubelet_port
         self.handled = 0
         self.refused = 0
         self.malformed = 0
@@ -193,6 +196,8 @@ class Upstream:
             for c in status.get("conditions") or []
         ]
         body = {"status": {**status, "conditions": keep_transition_times(conditions, old_conditions)}}
+        if self._kubelet_port is not None:
+            body["status"]["daemonEndpoints"] = {"kubeletEndpoint": {"Port": self._kubelet_port}}
         await self._kube.request("PATCH", f"/api/v1/nodes/{node}/status", body=body, content_type=STRATEGIC_PATCH)
 
     # --- pods --------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""A token bucket: ``rate`` requests a second on average, bursts of up to ``burst``. Pure: time is an argument.
+"""A token bucket: ``rate`` tokens a second on average, bursts of up to ``burst``. Pure: time is an argument.
 
-It is client-go's client-side limiter (``kubeAPIConfig.qps`` and ``burst``): a caller reserves a token and is
-told how long to wait before using it. Reservations queue up in order, so waiting callers are served FIFO
-and the long-run rate never exceeds ``rate``.
+It is client-go's client-side limiter (``kubeAPIConfig.qps`` and ``burst``, a token a request) and a stream's
+byte budget (a token a byte): a caller reserves tokens and is told how long to wait before using them.
+Reservations queue up in order, so waiting callers are served FIFO and the long-run rate never exceeds ``rate``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ class TokenBucket:
         self._tokens = float(burst)
         self._at = now
 
-    def reserve(self, now: float) -> float:
-        """Take one token; the seconds to wait before acting on it (0 when one was available)."""
+    def reserve(self, now: float, amount: float = 1.0) -> float:
+        """Take ``amount`` tokens (bytes, for a byte rate); the seconds to wait before acting on them."""
         elapsed = max(0.0, now - self._at)
         self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate)
         self._at = max(self._at, now)
-        self._tokens -= 1.0
+        self._tokens -= amount
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate

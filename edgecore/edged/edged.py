@@ -366,6 +366,10 @@ class Edged:
         await self._publish(upstream.pod_status(namespace, m["name"], m["uid"], status))
         log.info("pod_status", pod=_name(pod), phase=status["phase"])
 
+    def reported_status(self, uid: str) -> dict[str, Any] | None:
+        """The status last sent up for a pod (the node's ``/pods`` and ``/stats/summary`` show it)."""
+        return self._reported.get(uid)
+
     def _count(self, what: str) -> None:
         self.stats.errors[what] = self.stats.errors.get(what, 0) + 1
 

@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidURI
 
 from common.config import settings_from
@@ -28,6 +28,8 @@ from edgecore import config
 from edgecore.metamanager.store import Change, MetaStore
 
 log = get_logger(__name__)
+
+STREAM_FRAME_BYTES = 1024 * 1024  # stream frames are 64 KiB chunks; the first is a request head
 
 ChangeListener = Callable[[list[Change]], None]
 MessageHandler = Callable[[Message], Awaitable[None]]
@@ -103,6 +105,10 @@ class EdgeHub:
     def add_change_listener(self, listener: ChangeListener) -> None:
         self._change_listeners.append(listener)
 
+    def set_message_handler(self, handler: MessageHandler) -> None:
+        """Who gets the cloud's best-effort messages (stream requests, query responses)."""
+        self._on_message = handler
+
     def add_connection_listener(self, listener: ConnectionListener) -> None:
         """``listener(connected)``: other modules switch to offline autonomy and back."""
         self._connection_listeners.append(listener)
@@ -138,6 +144,23 @@ class EdgeHub:
             return False
         await self._link.send(message)
         return True
+
+    async def dial(self, path: str, headers: dict[str, str]) -> ClientConnection:
+        """Another connection to the CloudCore replica this hub talks to (a stream), with the node's certificate."""
+        s = self.settings
+        host = self.server.rsplit(":", 1)[0].strip("[]")
+        return await connect(
+            f"wss://{self.server}{path}",
+            ssl=self.ssl_context,
+            server_hostname=s.server_hostname or host,
+            additional_headers=headers,
+            open_timeout=s.handshake_timeout,
+            max_size=STREAM_FRAME_BYTES,
+            compression=None,
+            ping_interval=None,
+            close_timeout=s.close_timeout,
+            user_agent_header=None,
+        )
 
     async def _load_outbox(self) -> None:
         if not self._outbox_loaded:

@@ -121,6 +121,18 @@ class MetaStore:
             return await cls._open(target)
 
     @classmethod
+    async def open_readonly(cls, path: Path | str) -> MetaStore:
+        """Open an existing store to read only (``keadm ctl`` beside a running EdgeCore): no migration, no
+        repair, and no write can happen through it."""
+        uri = f"file:{path}?mode=ro"
+        try:
+            db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            await (await db.execute("SELECT 1 FROM objects LIMIT 1")).fetchall()
+        except Exception as exc:  # aiosqlite raises sqlite3 errors and OSErrors alike
+            raise StoreError(f"{path}: cannot read EdgeCore's store: {exc}") from exc
+        return cls(db, str(path))
+
+    @classmethod
     async def _open(cls, target: str) -> MetaStore:
         try:
             db = await aiosqlite.connect(target, isolation_level=None)

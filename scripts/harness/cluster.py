@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 
 from cloudcore.edgecontroller.placement import EDGE_LABEL
 from cloudcore.kube import Kube
+from scripts.control_plane import EDGE_NODE_ADDRESSES
 from scripts.harness.procs import is_ours
 
 T = TypeVar("T")
@@ -19,7 +21,15 @@ SCRIPT = Path(__file__).resolve().parent.parent / "control_plane.py"
 UP_TIMEOUT_S = 300.0
 
 
-__all__ = ["EDGE_LABEL", "ControlPlane", "ControlPlaneError", "create_edge_node", "edge_node"]
+__all__ = ["EDGE_LABEL", "ControlPlane", "ControlPlaneError", "create_edge_node", "edge_node", "next_node_address"]
+
+
+_addresses = itertools.cycle(EDGE_NODE_ADDRESSES)
+
+
+def next_node_address() -> str:
+    """A loopback address for an edge node of its own, covered by the control plane's kubelet certificate."""
+    return next(_addresses)
 
 
 def edge_node(name: str) -> dict[str, Any]:
@@ -74,6 +84,11 @@ class ControlPlane:
         if up.returncode != 0:
             raise ControlPlaneError(f"scripts/control-plane up failed:\n{stderr[-4000:]}")
         return cls(state, kubeconfig_from(stdout)), other
+
+    @property
+    def pki(self) -> Path:
+        """ca.crt (also the kubelet CA), apiserver-kubelet-client.*, kubelet-serving.* for stream servers."""
+        return self.state_dir / "pki"
 
     def pid(self, name: str) -> int | None:
         """The pid ``up`` recorded for ``name`` (``etcd``, ``kube-apiserver``) while it still runs that binary."""

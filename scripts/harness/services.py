@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from scripts.harness.cluster import next_node_address
 from scripts.harness.pki import Pki
 from scripts.harness.procs import BIN, Process, free_port, http_ok
 
@@ -100,6 +101,7 @@ class CloudCoreProcess(Service):
     cert_days: float = 365.0  # edgeCertSigningDuration
     node_limit: int = 500
     lease_renew_interval: float = 0.5
+    stream_port: int = field(default_factory=free_port)  # also the kubelet port edge nodes advertise
 
     def settings(self) -> dict[str, Any]:
         files: dict[str, Any]
@@ -117,9 +119,23 @@ class CloudCoreProcess(Service):
                 "tlsPrivateKeyFile": str(self.workdir / "certs" / "server.key"),
                 "advertiseAddress": ["127.0.0.1"],
             }
+        # The control plane's kubelet certificate and CA (scripts/control_plane.py): the API server verifies the
+        # stream server with it and presents its kubelet-client certificate, signed by the same CA.
+        pki = self.kubeconfig.parent / "pki"
+        stream = {
+            "address": "0.0.0.0",  # noqa: S104 - every edge node's test address (10.250.3.0/24) leads here
+            "streamPort": self.stream_port,
+            "advertiseAddress": f"127.0.0.1:{self.stream_port}",
+            "tlsStreamCAFile": str(pki / "ca.crt"),
+            "tlsStreamCertFile": str(pki / "kubelet-serving.crt"),
+            "tlsStreamPrivateKeyFile": str(pki / "kubelet-serving.key"),
+        }
         return {
             "kubeAPIConfig": {"kubeConfig": str(self.kubeconfig)},
-            "commonConfig": {"monitorServer": {"bindAddress": f"127.0.0.1:{self.monitor_port}"}},
+            "commonConfig": {
+                "monitorServer": {"bindAddress": f"127.0.0.1:{self.monitor_port}"},
+                "tunnelPort": self.stream_port,  # no DNAT here: the API server dials the stream port itself
+            },
             "modules": {
                 "cloudHub": {
                     **files,
@@ -130,6 +146,7 @@ class CloudCoreProcess(Service):
                     "edgeCertSigningDuration": self.cert_days,
                 },
                 "edgeController": {"leaseRenewInterval": self.lease_renew_interval},
+                "cloudStream": stream,
             },
         }
 
@@ -143,6 +160,8 @@ class EdgeCoreProcess(Service):
     command: str = "edgecore"
     heartbeat: float = 2.0
     mqtt: str = "tcp://127.0.0.1:1883"  # the MQTT broker EventBus uses
+    node_ip: str = field(default_factory=next_node_address)  # its own, so the API server's requests name it
+    stream_bytes_per_s: float | None = None  # modules.edgeStream.maxBytesPerSecond; None: EdgeCore's default
 
     def settings(self) -> dict[str, Any]:
         assert self.pki is not None
@@ -159,13 +178,18 @@ class EdgeCoreProcess(Service):
                 },
                 "edged": {
                     "hostnameOverride": self.node,
-                    "nodeIP": "127.0.0.1",
+                    "nodeIP": self.node_ip,
                     "remoteRuntimeEndpoint": self.runtime_endpoint,
                     "rootDirectory": str(self.workdir / "edged"),
                     "healthzBindAddress": f"127.0.0.1:{self.monitor_port}",
                     "nodeStatusUpdateFrequency": 2,
                 },
                 "eventBus": {"mqttServerExternal": self.mqtt},
+                **(
+                    {"edgeStream": {"maxBytesPerSecond": self.stream_bytes_per_s}}
+                    if self.stream_bytes_per_s is not None
+                    else {}
+                ),
             },
         }
 

@@ -128,7 +128,12 @@ def test_the_deployment_agrees_with_the_config_and_the_service() -> None:
 
     service = the("Service")
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
-    assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {(10000, "cloudhub"), (10002, "https")}
+    assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        (10000, "cloudhub"),
+        (10002, "https"),
+        (10003, "stream"),
+    }
+    assert ports["stream"] == 10003  # modules.cloudStream.streamPort's default
     assert deployment["spec"]["replicas"] == 2
     assert pod["serviceAccountName"] == "cloudcore"
     assert pod["securityContext"]["runAsNonRoot"] is True

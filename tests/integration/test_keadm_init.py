@@ -182,6 +182,9 @@ async def test_cloudcore_may_do_what_it_needs_and_no_more(control_plane: Control
         ("create", "secrets", "kubeedge", "", ""),
         ("create", "configmaps", "kubeedge", "", ""),
         ("delete", "configmaps", "kubeedge", "", ""),
+        ("create", "tokenreviews", "", "authentication.k8s.io", ""),  # the stream server's client checks
+        ("create", "subjectaccessreviews", "", "authorization.k8s.io", ""),
+        ("patch", "leases", "kube-node-lease", "coordination.k8s.io", ""),  # the session directory annotation
     ]
     for verb, resource, namespace, group, sub in needed:
         assert await allowed(verb, resource, namespace, group, sub), f"cloudcore cannot {verb} {resource}/{sub}"

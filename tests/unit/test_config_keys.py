@@ -18,7 +18,7 @@ from common.messages import NodeName
 from edgecore import app as edge_app
 from edgecore import config as edge_config
 from edgecore.edged.node import node_status
-from edgecore.edged.runtime import ContainerRuntime
+from edgecore.edged.runtime import FullRuntime
 from edgecore.edgehub import EdgeHubSettings
 from edgecore.eventbus import EventBusSettings
 from scripts.harness.pki import Pki
@@ -120,7 +120,7 @@ REFUSED_CLOUD = [
     ("modules: {cloudHub: {authorization: {enable: true}}}", "node authorization is always on"),
     ("modules: {syncController: {enable: true}}", "modules.syncController is not supported by kubage: edges res"),
     ("modules: {deviceController: {enable: true}}", "modules.deviceController is not supported by kubage"),
-    ("modules: {cloudStream: {enable: false}}", "modules.cloudStream is not supported by kubage; "),
+    ("modules: {cloudStream: {tunnelPort: 10004}}", "modules.cloudStream.tunnelPort is not supported by kubage: edg"),
 ]
 
 
@@ -213,7 +213,7 @@ REFUSED_EDGE = [
     ("database: {driverName: mysql}", "database.driverName: Input should be 'sqlite3'"),
     ("modules: {eventBus: {mqttMode: 0}}", "modules.eventBus.mqttMode: Input should be 2"),
     ("modules: {eventBus: {mqttServerInternal: tcp://127.0.0.1:1884}}", "EdgeCore runs no broker of its own"),
-    ("modules: {edgeStream: {enable: false}}", "modules.edgeStream is not supported by kubage; remove it"),
+    ("modules: {edgeStream: {server: 192.0.2.1:10004}}", "modules.edgeStream.server is not supported by kubage: st"),
     ("modules: {metaManager: {remoteQueryTimeout: 60}}", "modules.metaManager is not supported by kubage"),
     ("modules: {edged: {tailoredKubeletConfig: {}}}", "Edged is not a kubelet"),
     ("kind: CloudCore", "kind: Input should be 'EdgeCore'"),
@@ -230,7 +230,7 @@ def test_edgecore_refuses_keys_it_cannot_honour(tmp_path: Path, text: str, messa
 class NoRuntime:
     """A runtime factory that must not be called: with Edged off there is nothing to run pods on."""
 
-    def __call__(self, endpoint: str) -> ContainerRuntime:
+    def __call__(self, endpoint: str) -> FullRuntime:
         raise AssertionError(f"the runtime at {endpoint} was asked for with modules.edged.enable: false")
 
 
