@@ -142,6 +142,7 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
             host=hub_config.https.address,
             port=hub_config.https.port,
             signing_days=hub_config.edge_cert_signing_duration,
+            request_timeout=hub_config.https.request_timeout,
         )
         modules.append(Module("certservice", certs.run))
     if config.modules.cloud_stream.enable:

@@ -74,6 +74,8 @@ class HttpsListener(ConfigModel):
     """Address the certificate service listens on."""
     port: int = Field(default=10002, ge=1, le=65535)
     """Port of the certificate service (KubeEdge's 10002)."""
+    request_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a client has for each of the TLS handshake, the request head and the CSR; then it is dropped."""
 
 
 class CloudHub(ConfigModel):
@@ -101,6 +103,17 @@ class CloudHub(ConfigModel):
     """Seconds a closing link waits for the edge's close frame."""
     shutdown_timeout: float = Field(default=5.0, gt=0)
     """Seconds a stopping CloudCore waits for its edges' links to close."""
+    max_hello_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest first frame (the hello, with the edge's inventory) accepted, checked before it is decoded (1009)."""
+    max_inventory: int = Field(default=10_000, ge=1)
+    """Entries of a hello's inventory at most (1009); each key and value at most 256 characters (1008)."""
+    max_batch: int = Field(default=4096, ge=1)
+    """Messages in one frame from an edge at most; more closes its link with 1007."""
+    upstream_rate: float = Field(default=1000.0, gt=0)
+    """Messages a second one node may send on average: beyond it, its reliable messages wait (TCP pushes back on
+    that node alone) and its best-effort ones are dropped and counted."""
+    upstream_burst: int = Field(default=5000, ge=1)
+    """Messages one node may send at once above upstreamRate."""
     tls_ca_file: str = Field(default="/etc/kubage/ca/rootCA.crt", alias="tlsCAFile")
     """The CA certificate. When this file exists, the CA comes from files; otherwise from the Secret
     kubeedge/casecret (created on first start), with a serving certificate issued at each start."""

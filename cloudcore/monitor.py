@@ -35,6 +35,20 @@ class HubCollector(Collector):
                 inflight.add_metric([node], stats.inflight)
         yield pending
         yield inflight
+        paced = CounterMetricFamily(
+            "kubage_cloudhub_upstream_paced", "Edge messages that waited: the node was over its budget", labels=["node"]
+        )
+        dropped = CounterMetricFamily(
+            "kubage_cloudhub_upstream_dropped",
+            "Best-effort edge messages dropped: the node was over its budget",
+            labels=["node"],
+        )
+        for node, count in sorted(self._hub.paced.items()):
+            paced.add_metric([node], count)
+        for node, count in sorted(self._hub.dropped.items()):
+            dropped.add_metric([node], count)
+        yield paced
+        yield dropped
         totals = self._hub.totals()
         yield CounterMetricFamily("kubage_cloudhub_acked_messages", "Messages acked by edges", value=totals.acked)
         yield CounterMetricFamily(

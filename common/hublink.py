@@ -25,7 +25,7 @@ from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
 from common.logging import get_logger
-from common.messages import DEFAULT_MAX_FRAME_BYTES, Message, MessageError, decode, to_dict
+from common.messages import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME_BYTES, Message, MessageError, decode, to_dict
 from common.protocol.session import Close, CloseCode, Event
 
 log = get_logger(__name__)
@@ -40,6 +40,7 @@ MAX_BATCH_BYTES = 1024 * 1024
 
 class Session(Protocol):
     batching: bool
+    established: bool
 
     def receive(self, message: Message, now: float, now_ms: int) -> list[Event]: ...
     def messages_to_send(self, now: float, now_ms: int) -> list[Message]: ...
@@ -65,6 +66,8 @@ class HubLink:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         write_timeout: float = 30.0,
         close_timeout: float = 2.0,
+        max_first_frame_bytes: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         self.ws = ws
         self.session = session
@@ -74,6 +77,9 @@ class HubLink:
         self._batch_bytes = min(max_frame_bytes, MAX_BATCH_BYTES)
         self._write_timeout = write_timeout
         self._close_timeout = close_timeout
+        # The hello is checked for size before it is decoded: decoding a 14 MB inventory costs ~240 MB.
+        self._max_first_frame = max_first_frame_bytes
+        self._max_batch = max_batch
         self._loop = asyncio.get_running_loop()
         self._inbound: asyncio.Queue[Event] = asyncio.Queue(INBOUND_QUEUE)
         self._outbound: asyncio.Queue[Message] = asyncio.Queue(OUTBOUND_QUEUE)
@@ -139,8 +145,14 @@ class HubLink:
 
     async def _read(self) -> None:
         async for frame in self.ws:
+            first = self._max_first_frame
+            if first is not None and not self.session.established and len(frame) > first:
+                reason = f"hello of {len(frame)} bytes exceeds the limit of {first}"
+                log.warning("frame_rejected", link=self._name, reason=reason)
+                await self.close(CloseCode.TOO_BIG, reason)
+                return
             try:
-                messages = decode(frame, max_bytes=self._max_frame)
+                messages = decode(frame, max_bytes=self._max_frame, max_batch=self._max_batch)
             except MessageError as exc:
                 log.warning("frame_rejected", link=self._name, reason=str(exc))
                 await self.close(CloseCode.INVALID_DATA, f"malformed message: {exc}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable, Hashable
 from typing import Any, TextIO
 
 import structlog
@@ -56,6 +58,31 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, json
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
+
+
+class Throttle:
+    """At most ``burst`` lines per key at once, then one per ``interval`` seconds: what a peer can make us log
+    stays bounded (one frame of 100,000 bad messages must not write 100,000 lines). ``admit`` says whether to
+    log now and how many lines of the key were suppressed since the last one, for that line to report."""
+
+    def __init__(self, *, burst: int = 10, interval: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._burst = burst
+        self._interval = interval
+        self._clock = clock
+        self._state: dict[Hashable, tuple[float, float, int]] = {}  # key → (tokens, at, suppressed)
+
+    def admit(self, key: Hashable) -> int | None:
+        """None: suppress this line; else log it, reporting this many suppressed before it."""
+        now = self._clock()
+        tokens, at, suppressed = self._state.get(key, (float(self._burst), now, 0))
+        tokens = min(float(self._burst), tokens + (now - at) / self._interval)
+        if tokens < 1:
+            self._state[key] = (tokens, now, suppressed + 1)
+            return None
+        self._state[key] = (tokens - 1, now, 0)
+        if len(self._state) > 10_000:  # keys come and go with nodes: forget the quiet ones
+            self._state = {k: v for k, v in self._state.items() if v[2] or now - v[1] < 60}
+        return suppressed
 
 
 def get_logger(name: str, **bound: Any) -> Logger:

@@ -28,6 +28,7 @@ ObjectUid = NewType("ObjectUid", str)
 
 # Kubernetes objects are at most ~1.5 MiB (etcd's request limit); a batch frame holds several.
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BATCH = 4096  # envelopes in one frame: an edge's batches hold its window (64) and a few acks
 NULL_NAMESPACE = "null"  # KubeEdge's namespace for cluster-scoped objects in resource strings
 
 
@@ -177,7 +178,9 @@ def encode(message: Message | list[Message]) -> bytes:
     return orjson.dumps(to_dict(message))
 
 
-def decode(data: bytes | str, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> list[Message]:
+def decode(
+    data: bytes | str, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, max_batch: int = DEFAULT_MAX_BATCH
+) -> list[Message]:
     """Decode one frame into its envelopes (a single envelope gives a list of one)."""
     size = len(data)
     if size > max_bytes:
@@ -189,6 +192,8 @@ def decode(data: bytes | str, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> li
     if isinstance(parsed, list):
         if not parsed:
             raise MessageError("batch frame is empty")
+        if len(parsed) > max_batch:
+            raise MessageError(f"batch of {len(parsed)} envelopes exceeds the limit of {max_batch}")
         return [from_dict(item, where=f"batch[{i}]") for i, item in enumerate(parsed)]
     return [from_dict(parsed)]
 

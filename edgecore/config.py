@@ -14,6 +14,7 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from common.config import ConfigModel, load_config, must_be_true
+from common.nodelabels import forbidden_labels
 
 ENV_PREFIX = "EDGECORE"
 DEFAULT_CONFIG_PATH = Path("/etc/kubage/edgecore.yaml")
@@ -127,7 +128,7 @@ class Edged(ConfigModel):
     node_ip: str = Field(default="", alias="nodeIP")
     """The node's InternalIP; empty: the local address that routes to CloudCore."""
     node_labels: dict[str, str] = Field(default_factory=dict)
-    """Labels the node registers with."""
+    """Labels the node registers with; kubernetes.io/ and k8s.io/ ones only as a kubelet may set them."""
     node_status_update_frequency: float = Field(default=10.0, gt=0)
     """Seconds between checks of the node's status; a change is reported at once, the same status each minute."""
     sync_frequency: float = Field(default=2.0, gt=0)
@@ -140,6 +141,13 @@ class Edged(ConfigModel):
     """Where pods' volumes and logs are written."""
     healthz_bind_address: str = "127.0.0.1:10248"
     """host:port of /healthz, /readyz and Prometheus /metrics."""
+
+    @model_validator(mode="after")
+    def _labels_a_node_may_set(self) -> Self:
+        forbidden = forbidden_labels(self.hostname_override, self.node_labels)
+        if forbidden:  # CloudCore would refuse the registration: say so here, at start
+            raise ValueError(f"nodeLabels: a node may not set {', '.join(forbidden)}")
+        return self
 
 
 class EventBus(ConfigModel):

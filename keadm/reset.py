@@ -5,9 +5,10 @@ temporary root never touches this machine's systemd), then removes the unit file
 /var/lib/kubage. Pods' containers are left to containerd: they belong to the runtime, not to EdgeCore.
 
 The cloud side deletes what `keadm init` applied except the namespace and the CRDs, and also the CA Secret
-and the used join-token records. The CRDs stay because deleting a CRD deletes every object of its kind: every
-Device and DeviceModel in the cluster would go with it, which is not what "remove CloudCore" means. The
-namespace stays because it may hold other things, and deleting it would take those too.
+and the records of used join tokens and issued certificates. The CRDs stay because deleting a CRD deletes
+every object of its kind: every Device and DeviceModel in the cluster would go with it, which is not what
+"remove CloudCore" means. The namespace stays because it may hold other things, and deleting it would take
+those too.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def _reset_cloud(kubeconfig: str) -> int:
 
 async def _delete_cloud(kubeconfig: str) -> int:
     from cloudcore.certs import CA_SECRET, NAMESPACE  # noqa: PLC0415
-    from cloudcore.certservice import RECORD_KIND, RECORD_LABEL  # noqa: PLC0415
+    from cloudcore.certservice import ISSUED_KIND, RECORD_KIND, RECORD_LABEL  # noqa: PLC0415
     from cloudcore.kube import NotFound  # noqa: PLC0415
     from keadm import init  # noqa: PLC0415
 
@@ -180,6 +181,9 @@ async def _delete_cloud(kubeconfig: str) -> int:
         count = len(listed.get("items") or [])
         await delete("join-token ConfigMaps", tokens, selector)
         print(f"deleted {count} join-token record(s)")
+        # The CA is gone with its Secret, so are the certificates it issued: forget their names too.
+        issued = [("labelSelector", f"{RECORD_LABEL}={ISSUED_KIND}")]
+        await delete("issued-certificate ConfigMaps", tokens, issued)
     finally:
         await kube.close()
     print("kept: namespace kubeedge and the CRDs (deleting a CRD deletes every Device and DeviceModel with it)")

@@ -12,6 +12,7 @@ The node's name comes from its client certificate (``CN=system:node:<name>``), n
 from __future__ import annotations
 
 import asyncio
+import collections
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,11 +25,12 @@ from cloudcore.cloudhub.registry import SessionRegistry
 from common import streams
 from common.config import settings_from
 from common.hublink import HubLink
-from common.logging import get_logger
-from common.messages import DEFAULT_MAX_FRAME_BYTES, Message, NodeName, ObjectUid
+from common.logging import Throttle, get_logger
+from common.messages import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME_BYTES, Message, NodeName, ObjectUid
 from common.protocol.downstream import DesiredObject
+from common.protocol.ratelimit import TokenBucket
 from common.protocol.reliable import DEFAULT_WINDOW
-from common.protocol.session import CloseCode, CloudSession, Deliver, Event, Ready, Received
+from common.protocol.session import DEFAULT_MAX_INVENTORY, CloseCode, CloudSession, Deliver, Event, Ready, Received
 from common.tls import IdentityError, node_name_from_peercert
 
 log = get_logger(__name__)
@@ -54,6 +56,11 @@ class HubSettings:
     allow_batching: bool = True
     close_timeout: float = 2.0  # how long a close waits for the peer's close frame
     shutdown_timeout: float = 5.0
+    max_hello_bytes: int = 4 * 1024 * 1024
+    max_inventory: int = DEFAULT_MAX_INVENTORY
+    max_batch: int = DEFAULT_MAX_BATCH
+    upstream_rate: float = 1000.0  # messages a second from one node, on average
+    upstream_burst: int = 5000
 
     @classmethod
     def from_config(cls, hub: config.CloudHub) -> HubSettings:
@@ -105,6 +112,12 @@ class CloudHub:
         # counts of sessions that have ended; live sessions are added at read time
         self._ended = Totals(acked=0, retransmits=0, resync=0, sessions=0)
         self.sessions_started = 0
+        # Per node: a flood is paced (reliable messages wait: TCP pushes back on that node alone) or, for
+        # best-effort ones, dropped; counted here, exported per node.
+        self._budgets: dict[NodeName, TokenBucket] = {}
+        self.paced: collections.Counter[NodeName] = collections.Counter()
+        self.dropped: collections.Counter[NodeName] = collections.Counter()
+        self._throttle = Throttle()
 
     # --- what controllers use ----------------------------------------------------------------------------
 
@@ -278,6 +291,7 @@ class CloudHub:
             keepalive_interval=s.keepalive_interval,
             read_timeout=s.read_timeout,
             allow_batching=s.allow_batching,
+            max_inventory=s.max_inventory,
         )
         link = HubLink(
             ws,
@@ -287,6 +301,8 @@ class CloudHub:
             max_frame_bytes=s.max_frame_bytes,
             write_timeout=s.write_timeout,
             close_timeout=s.close_timeout,
+            max_first_frame_bytes=s.max_hello_bytes,
+            max_batch=s.max_batch,
         )
         return session, link
 
@@ -307,16 +323,37 @@ class CloudHub:
                     e.sessions,
                 )
             released = self.registry.release(node, link)
-            if released is not None and released.ready:
-                self._notify(node, connected=False)
+            if released is not None:
+                self._budgets.pop(node, None)
+                if released.ready:
+                    self._notify(node, connected=False)
             log.info("node_disconnected", node=node, code=link.close_code, reason=link.close_reason)
 
+    def _budget(self, node: NodeName) -> TokenBucket:
+        budget = self._budgets.get(node)
+        if budget is None:
+            s = self.settings
+            budget = self._budgets[node] = TokenBucket(
+                rate=s.upstream_rate, burst=s.upstream_burst, now=asyncio.get_running_loop().time()
+            )
+        return budget
+
     async def _on_events(self, node: NodeName, session: CloudSession, events: list[Event]) -> None:
+        loop = asyncio.get_running_loop()
         for event in events:
             if isinstance(event, Deliver):
+                delay = self._budget(node).reserve(loop.time())
+                if delay > 0:  # over its budget: this node waits, nobody else
+                    self.paced[node] += 1
+                    await asyncio.sleep(delay)
                 await self._call_upstream(node, event.message)
                 session.delivered(event.seq)
             elif isinstance(event, Received):
+                if not self._budget(node).try_take(loop.time()):
+                    self.dropped[node] += 1
+                    if (suppressed := self._throttle.admit((node, "upstream_dropped"))) is not None:
+                        log.warning("upstream_dropped", node=node, reason="over its budget", suppressed=suppressed)
+                    continue
                 await self._call_upstream(node, event.message)
             elif isinstance(event, Ready) and self.registry.mark_ready(node, session):
                 self.sessions_started += 1
@@ -328,9 +365,14 @@ class CloudHub:
             await self.upstream(node, message)
         except Exception:
             # Acked all the same: a message that breaks its handler would break it again on every resend.
-            log.exception(
-                "upstream_handler_failed", node=node, operation=message.route.operation, resource=message.route.resource
-            )
+            if (suppressed := self._throttle.admit((node, "upstream_handler_failed"))) is not None:
+                log.exception(
+                    "upstream_handler_failed",
+                    node=node,
+                    operation=message.route.operation,
+                    resource=message.route.resource,
+                    suppressed=suppressed,
+                )
 
     def _notify(self, node: NodeName, *, connected: bool) -> None:
         for listener in self._listeners:

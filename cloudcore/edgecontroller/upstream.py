@@ -25,8 +25,9 @@ from cloudcore.cloudhub import CloudHub
 from cloudcore.edgecontroller.placement import EDGE_LABEL, Placement
 from cloudcore.kube import MERGE_PATCH, STRATEGIC_PATCH, ApiError, Conflict, Kube, KubeError, NotFound, retryable
 from common import upstream as contract
-from common.logging import get_logger
+from common.logging import Throttle, get_logger
 from common.messages import Group, Message, NodeName, ObjectUid, Operation, new_message
+from common.nodelabels import forbidden_labels
 from common.protocol.backoff import backoff_delays
 
 log = get_logger(__name__)
@@ -91,6 +92,7 @@ class Upstream:
         self.refused = 0
         self.malformed = 0
         self.gave_up = 0  # messages dropped after every attempt failed
+        self._throttle = Throttle()  # what one node can make us log is bounded
         # The newest device status this replica wrote, by "ns/name": the watch may not have brought it back
         # yet, and twins are merged into the whole list.
         self._device_status: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -101,9 +103,15 @@ class Upstream:
             request = contract.parse(message)
         except contract.UpstreamError as exc:
             self.malformed += 1
-            log.warning(
-                "upstream_rejected", node=node, operation=route.operation, resource=route.resource, reason=str(exc)
-            )
+            if (suppressed := self._throttle.admit((node, "upstream_rejected"))) is not None:
+                log.warning(
+                    "upstream_rejected",
+                    node=node,
+                    operation=route.operation,
+                    resource=route.resource[:200],
+                    reason=str(exc),
+                    suppressed=suppressed,
+                )
             if route.operation == Operation.QUERY:
                 await self._respond(node, message, {"error": str(exc)})
             return
@@ -112,9 +120,15 @@ class Upstream:
             self.handled += 1
         except Refused as exc:
             self.refused += 1
-            log.warning(
-                "request_refused", node=node, operation=route.operation, resource=route.resource, reason=str(exc)
-            )
+            if (suppressed := self._throttle.admit((node, "request_refused"))) is not None:
+                log.warning(
+                    "request_refused",
+                    node=node,
+                    operation=route.operation,
+                    resource=route.resource,
+                    reason=str(exc),
+                    suppressed=suppressed,
+                )
             if isinstance(request, contract.Query):
                 await self._respond(node, message, {"error": str(exc)})
 
@@ -144,7 +158,10 @@ class Upstream:
             except KubeError as exc:
                 if not retryable(exc):
                     status = exc.status if isinstance(exc, ApiError) else None
-                    log.warning("upstream_rejected_by_api", node=node, status=status, error=str(exc))
+                    if (suppressed := self._throttle.admit((node, "upstream_rejected_by_api"))) is not None:
+                        log.warning(
+                            "upstream_rejected_by_api", node=node, status=status, error=str(exc), suppressed=suppressed
+                        )
                     return  # permanent: retrying would get the same answer
                 if tried == policy.attempts:
                     self.gave_up += 1
@@ -167,6 +184,9 @@ class Upstream:
     async def _register(self, node: NodeName, request: contract.NodeRegistration) -> None:
         if request.name != node:
             raise Refused(f"node {node!r} may not register node {request.name!r}")
+        forbidden = forbidden_labels(node, request.labels)
+        if forbidden:  # NodeRestriction's rules: the whole registration is refused, nothing half-applied
+            raise Refused(f"node {node!r} may not set these labels on itself: {', '.join(forbidden)}")
         labels = {**request.labels, EDGE_LABEL: ""}
         try:
             await self._kube.request(

@@ -17,10 +17,21 @@ class TokenBucket:
         self._tokens = float(burst)
         self._at = now
 
-    def reserve(self, now: float, amount: float = 1.0) -> float:
-        """Take ``amount`` tokens (bytes, for a byte rate); the seconds to wait before acting on them."""
+    def try_take(self, now: float, amount: float = 1.0) -> bool:
+        """Take ``amount`` tokens if they are there now; False (and nothing taken) if not."""
+        self._refill(now)
+        if self._tokens < amount:
+            return False
+        self._tokens -= amount
+        return True
+
+    def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self._at)
         self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate)
         self._at = max(self._at, now)
+
+    def reserve(self, now: float, amount: float = 1.0) -> float:
+        """Take ``amount`` tokens (bytes, for a byte rate); the seconds to wait before acting on them."""
+        self._refill(now)
         self._tokens -= amount
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate

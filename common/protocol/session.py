@@ -28,6 +28,8 @@ from common.protocol.reliable import DEFAULT_WINDOW, ReliableReceiver
 PROTOCOL_VERSION = 1
 DEFAULT_KEEPALIVE_INTERVAL = 15.0
 READ_TIMEOUT_FACTOR = 2.5  # silence for 2.5 keepalive intervals means the link is dead
+DEFAULT_MAX_INVENTORY = 10_000  # objects a node holds; a gateway's are a few hundred
+MAX_INVENTORY_ITEM = 256  # characters of a UID (36), resourceVersion (~20) or digest (64), with room to spare
 
 
 class CloseCode(enum.IntEnum):
@@ -168,9 +170,11 @@ class CloudSession(_Session):
         read_timeout: float | None = None,
         allow_batching: bool = True,
         retransmit_after: float = 5.0,
+        max_inventory: int = DEFAULT_MAX_INVENTORY,
     ) -> None:
         super().__init__(now=now, keepalive_interval=keepalive_interval, read_timeout=read_timeout)
         self.node = node
+        self._max_inventory = max_inventory
         self._desired = desired
         self._window = window
         self._allow_batching = allow_batching
@@ -187,27 +191,11 @@ class CloudSession(_Session):
         return self._receive_data(message)
 
     def _handshake(self, message: Message, now_ms: int) -> list[Event]:
-        if message.route.operation != Operation.HELLO:
-            return [Close(CloseCode.PROTOCOL_ERROR, f"expected hello first, got {message.route.operation!r}")]
+        refused = self._refused_hello(message)
+        if refused is not None:
+            return [refused]
         hello = message.content
-        if not isinstance(hello, dict):
-            return [Close(CloseCode.INVALID_DATA, "hello content must be an object")]
-        version = hello.get("version")
-        if version != PROTOCOL_VERSION:
-            return [
-                Close(
-                    CloseCode.PROTOCOL_ERROR,
-                    f"unsupported protocol version {version!r}; this CloudCore speaks {PROTOCOL_VERSION}",
-                )
-            ]
-        inventory = hello.get("inventory", {})
-        if not isinstance(inventory, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in inventory.items()
-        ):
-            return [Close(CloseCode.INVALID_DATA, "hello inventory must map object UIDs to resourceVersion strings")]
-        digests = hello.get("digests", {})
-        if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
-            return [Close(CloseCode.INVALID_DATA, "hello digests must map object UIDs to digest strings")]
+        inventory, digests = hello.get("inventory", {}), hello.get("digests", {})
         self.batching = bool(hello.get("batching")) and self._allow_batching
         self.downstream = DownstreamSync(
             self._desired,
@@ -228,6 +216,46 @@ class CloudSession(_Session):
         )
         self.established = True
         return [Ready(self.downstream.resync_count, self.batching)]
+
+    def _refused_hello(self, message: Message) -> Close | None:
+        """Why a first message is not a hello this session takes, or None."""
+        if message.route.operation != Operation.HELLO:
+            return Close(CloseCode.PROTOCOL_ERROR, f"expected hello first, got {message.route.operation!r}")
+        hello = message.content
+        if not isinstance(hello, dict):
+            return Close(CloseCode.INVALID_DATA, "hello content must be an object")
+        version = hello.get("version")
+        if version != PROTOCOL_VERSION:
+            return Close(
+                CloseCode.PROTOCOL_ERROR,
+                f"unsupported protocol version {version!r}; this CloudCore speaks {PROTOCOL_VERSION}",
+            )
+        inventory = hello.get("inventory", {})
+        if not isinstance(inventory, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in inventory.items()
+        ):
+            return Close(CloseCode.INVALID_DATA, "hello inventory must map object UIDs to resourceVersion strings")
+        digests = hello.get("digests", {})
+        if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+            return Close(CloseCode.INVALID_DATA, "hello digests must map object UIDs to digest strings")
+        return self._oversized(inventory, digests)
+
+    def _oversized(self, inventory: dict[str, str], digests: dict[str, str]) -> Close | None:
+        """A hello bigger than any real node's: too many entries (1009), or keys or values longer than any UID,
+        resourceVersion or digest (1008)."""
+        for name, entries in (("inventory", inventory), ("digests", digests)):
+            if len(entries) > self._max_inventory:
+                return Close(
+                    CloseCode.TOO_BIG, f"hello {name} has {len(entries)} entries; the limit is {self._max_inventory}"
+                )
+            for key, value in entries.items():
+                if len(key) > MAX_INVENTORY_ITEM or len(value) > MAX_INVENTORY_ITEM:
+                    return Close(
+                        CloseCode.POLICY_VIOLATION,
+                        f"hello {name} has an entry of {max(len(key), len(value))} characters; "
+                        f"the limit is {MAX_INVENTORY_ITEM}",
+                    )
+        return None
 
     def changed(self, uid: ObjectUid) -> None:
         if self.downstream is not None:

@@ -21,6 +21,14 @@ from scripts.harness.pki import Pki
 from scripts.harness.procs import BIN, Process, free_port, http_ok
 
 
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it: nested mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 @dataclass
 class Service:
     """A command of ours with a config file, a log file and an HTTP /readyz."""
@@ -28,12 +36,13 @@ class Service:
     workdir: Path
     command: str = ""
     monitor_port: int = field(default_factory=free_port)
+    extra: dict[str, Any] = field(default_factory=dict)  # merged into settings(), key by key, last
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = self.workdir / f"{self.command}.yaml"
         self.log = self.workdir / f"{self.command}.log"
-        self.config.write_text(yaml.safe_dump(self.settings()))
+        self.config.write_text(yaml.safe_dump(merged(self.settings(), self.extra)))
         self.process = Process(self.argv(), self.log)
 
     def settings(self) -> dict[str, Any]:

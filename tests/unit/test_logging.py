@@ -9,7 +9,7 @@ import textwrap
 
 import structlog
 
-from common.logging import configure_logging
+from common.logging import Throttle, configure_logging
 
 
 def test_json_lines_off_a_tty_with_stable_event_and_bound_keys() -> None:
@@ -46,3 +46,14 @@ def test_console_rendering_on_a_tty() -> None:
     text = stream.getvalue()
     assert "hello" in text
     assert not text.lstrip().startswith("{")
+
+
+def test_the_throttle_lets_a_burst_through_then_one_line_an_interval_reporting_what_it_suppressed() -> None:
+    now = [0.0]
+    throttle = Throttle(burst=3, interval=1.0, clock=lambda: now[0])
+    admitted = [throttle.admit("flood") for _ in range(100)]
+    assert admitted[:3] == [0, 0, 0] and admitted[3:] == [None] * 97
+    assert throttle.admit("other") == 0  # keys are throttled apart
+    now[0] = 1.0
+    assert throttle.admit("flood") == 97
+    assert throttle.admit("flood") is None

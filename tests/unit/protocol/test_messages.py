@@ -90,6 +90,13 @@ def test_oversized_frame_is_refused_before_parsing() -> None:
         decode(b" " * 101, max_bytes=100)
 
 
+def test_a_batch_longer_than_the_limit_is_refused_before_its_envelopes_are_checked() -> None:
+    messages = [new_message(source="s", group="g", operation="update", now_ms=0, seq=i + 1) for i in range(5)]
+    assert len(decode(encode(messages), max_batch=5)) == 5
+    with pytest.raises(MessageError, match="batch of 5 envelopes exceeds the limit of 4"):
+        decode(encode(messages), max_batch=4)
+
+
 def test_resource_strings() -> None:
     assert Resource.parse("default/pod/nginx") == Resource("default", "pod", "nginx")
     assert Resource.parse("null/node/edge-1") == Resource(None, "node", "edge-1")

@@ -36,3 +36,10 @@ def test_the_long_run_rate_never_exceeds_the_limit() -> None:
 def test_a_bucket_that_could_never_grant_is_refused(rate: float, burst: int) -> None:
     with pytest.raises(ValueError, match="token bucket needs"):
         TokenBucket(rate=rate, burst=burst, now=0.0)
+
+
+def test_try_take_grants_from_what_is_there_and_takes_nothing_when_it_refuses() -> None:
+    bucket = TokenBucket(rate=1, burst=2, now=0.0)
+    assert [bucket.try_take(0.0) for _ in range(3)] == [True, True, False]
+    assert not bucket.try_take(0.5)  # half a token: still refused, and the half is kept
+    assert bucket.try_take(1.0)

@@ -169,3 +169,19 @@ def test_reconnect_skips_objects_whose_rv_moved_on_without_a_content_change() ->
     cloud = CloudSession(NodeName("n"), {other.uid: other}, now=0.0)
     [ready] = cloud.receive(edge_hello, 0.0, 0)
     assert isinstance(ready, Ready) and ready.resync == 1
+
+
+def test_a_hello_with_more_entries_than_any_node_holds_is_too_big() -> None:
+    cloud = CloudSession(NodeName("n"), {}, now=0.0, max_inventory=3)
+    [event] = cloud.receive(hello({f"u{i}": "1" for i in range(4)}), 0.0, 0)
+    assert event == Close(CloseCode.TOO_BIG, "hello inventory has 4 entries; the limit is 3")
+    cloud = CloudSession(NodeName("n"), {}, now=0.0, max_inventory=3)
+    [event] = cloud.receive(hello({f"u{i}": "1" for i in range(3)}), 0.0, 0)
+    assert isinstance(event, Ready)
+
+
+def test_a_hello_entry_longer_than_any_uid_or_version_is_a_policy_violation() -> None:
+    cloud = CloudSession(NodeName("n"), {}, now=0.0)
+    [event] = cloud.receive(hello({"u1": "9" * 257}), 0.0, 0)
+    reason = "hello inventory has an entry of 257 characters; the limit is 256"
+    assert event == Close(CloseCode.POLICY_VIOLATION, reason)
