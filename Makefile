@@ -8,18 +8,18 @@ UV      := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 DEBS    := etcd-server mosquitto containerd runc containernetworking-plugins busybox-static iproute2
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help test demo demo-down venv proto deps apiserver lint typecheck imports pytest clean
+.PHONY: help test demo demo-down venv proto deps kube lint typecheck imports pytest clean
 
 help:
-	@echo "make test   set up (venv, Debian packages, kube-apiserver) and run lint, types, import rules, tests"
+	@echo "make test   set up (venv, Debian packages, Kubernetes binaries) and run lint, types, import rules, tests"
 	@echo "make demo   the end-to-end demo"
 
-test: venv proto deps apiserver lint typecheck imports pytest
+test: venv proto deps kube lint typecheck imports pytest
 
 # Brings up the control plane, mosquitto, containerd, CloudCore (keadm init), EdgeCore (keadm join), a pod and a
 # device, then waits for Ctrl-C. Everything lives in /tmp/kubage-demo (KUBAGE_DEMO_DIR); DEMO_ONCE=1 tears down
 # after the last check instead (exit 0 only if every step succeeded).
-demo: venv proto deps apiserver
+demo: venv proto deps kube
 	@$(PY) -m scripts.demo
 
 # Stops a demo left running (e.g. in another terminal), or what a killed one left behind.
@@ -48,8 +48,8 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-apiserver:
-	@scripts/build-apiserver >/dev/null
+kube:
+	@scripts/build-kube kube-apiserver kube-scheduler kube-controller-manager >/dev/null
 
 lint:
 	$(PY) -m ruff check .

@@ -50,7 +50,7 @@ from benchmarks.support import guarded, log, log_tails, stop_services
 from cloudcore.kube import Kube
 from common import devices as topics
 from common.loop import loop_name, run
-from scripts.harness.cluster import ControlPlane, create_edge_node
+from scripts.harness.cluster import ControlPlane, create_edge_node, create_namespace
 from scripts.harness.mosquitto import Mosquitto
 from scripts.harness.pki import Pki
 from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess
@@ -192,7 +192,7 @@ def device_body(name: str) -> dict[str, Any]:
 
 
 async def create_objects(kube: Kube, names: list[str]) -> None:
-    await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": NAMESPACE}})
+    await create_namespace(kube, NAMESPACE)
     await create_edge_node(kube, NODE)
     objects = f"{DEVICES_API}/namespaces/{NAMESPACE}"
     await kube.request(

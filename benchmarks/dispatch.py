@@ -46,7 +46,7 @@ from common.messages import NodeName
 from common.tls import client_context
 from edgecore.edgehub import EdgeHub, EdgeHubSettings
 from edgecore.metamanager.store import Change, MetaStore
-from scripts.harness.cluster import ControlPlane, create_edge_node
+from scripts.harness.cluster import ControlPlane, create_edge_node, create_namespace
 from scripts.harness.pki import Pki
 from scripts.harness.services import CloudCoreProcess
 from scripts.harness.stats import ms, percentile
@@ -354,7 +354,7 @@ async def bench(args: argparse.Namespace, workdir: Path, plane: ControlPlane, re
     kube = await Kube.connect(str(plane.kubeconfig))
     watcher: asyncio.Task[None] | None = None
     try:
-        await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": NAMESPACE}})
+        await create_namespace(kube, NAMESPACE)
         t = time.monotonic()
         await create_nodes(kube, nodes)
         log(f"{len(nodes)} Node objects created in {time.monotonic() - t:.1f}s")

@@ -49,7 +49,7 @@ from typing import Any
 from benchmarks.support import CLOCK_TICKS, cpu_seconds, guarded, log, log_tails, stop_services
 from cloudcore.kube import Kube, KubeError
 from common.loop import loop_name, run
-from scripts.harness.cluster import ControlPlane
+from scripts.harness.cluster import ControlPlane, create_namespace
 from scripts.harness.containerd import BUSYBOX_IMAGE, Containerd
 from scripts.harness.containerd import start as start_containerd
 from scripts.harness.pki import Pki
@@ -304,7 +304,7 @@ async def bench(args: argparse.Namespace, kubeconfig: Path, res: Resources) -> R
     cloud.start()
     kube = await Kube.connect(str(kubeconfig))
     try:
-        await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": NAMESPACE}})
+        await create_namespace(kube, NAMESPACE)
         await cloud.wait_ready(30)
         edge = ProductionEdgeCore(
             res.workdir / "edgecore",

@@ -42,7 +42,7 @@ from common.loop import run
 from edgecore.edged.cri import CriRuntime
 from edgecore.edged.logs import parse_time
 from edgecore.edged.runtime import POD_UID
-from scripts.harness.cluster import ControlPlane, create_edge_node
+from scripts.harness.cluster import ControlPlane, create_edge_node, create_namespace
 from scripts.harness.containerd import Containerd
 from scripts.harness.containerd import start as start_containerd
 from scripts.harness.pki import Pki
@@ -268,7 +268,7 @@ async def bench(args: argparse.Namespace, res: Resources) -> Results:
     runtime = CriRuntime(res.containerd.endpoint)
     out = Results()
     try:
-        await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": NAMESPACE}})
+        await create_namespace(kube, NAMESPACE)
         await kube.request(
             "POST", f"/api/v1/namespaces/{NAMESPACE}/configmaps", body={"metadata": {"name": "cfg"}, "data": {"n": "0"}}
         )

@@ -7,6 +7,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -22,6 +23,7 @@ from cloudcore.cloudhub import CloudHub, HubSettings
 from cloudcore.cloudstream import Authorizer, SessionDirectory, StreamBroker, StreamServer, StreamSettings
 from cloudcore.cloudstream.directory import ANNOTATION
 from cloudcore.config import CloudCoreConfig, ca_from_files, kube_rate
+from cloudcore.edgecontroller.autonomy import Autonomy
 from cloudcore.edgecontroller.lease import LeaseRenewer
 from cloudcore.edgecontroller.placement import EDGE_LABEL, Placement
 from cloudcore.edgecontroller.upstream import RetryPolicy, Upstream
@@ -87,11 +89,16 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
         retry=RetryPolicy.from_config(config.modules.edge_controller),
         kubelet_port=config.common_config.tunnel_port if config.modules.cloud_stream.enable else None,
     )
+    autonomy = Autonomy(kube, placement.nodes) if config.modules.edge_controller.pod_autonomy else None
+
+    def on_pod(kind: str, pod: dict[str, Any], before: dict[str, Any] | None) -> None:
+        placement.on_pod(kind, pod, before)
+        if autonomy is not None:
+            autonomy.on_pod(kind, pod, before)
+
     informers = [
         Informer(kube, "/api/v1/nodes", name="nodes", handler=placement.on_node, query=[("labelSelector", EDGE_LABEL)]),
-        Informer(
-            kube, "/api/v1/pods", name="pods", handler=placement.on_pod, query=[("fieldSelector", "spec.nodeName!=")]
-        ),
+        Informer(kube, "/api/v1/pods", name="pods", handler=on_pod, query=[("fieldSelector", "spec.nodeName!=")]),
         Informer(kube, "/api/v1/configmaps", name="configmaps", handler=placement.on_configmap),
         Informer(kube, "/api/v1/secrets", name="secrets", handler=placement.on_secret),
         Informer(kube, "/apis/devices.kubeedge.io/v1beta1/devices", name="devices", handler=placement.on_device),
@@ -131,6 +138,7 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
         Module("cloudhub", run_hub, Restart.NEVER),
         Module("lease", lease.run),
         Module("monitor", monitor.run),
+        *([Module("autonomy", autonomy.run)] if autonomy is not None else []),
     ]
     if ca is not None and hub_config.https.enable:
         certs = CertService(

@@ -142,6 +142,9 @@ class EdgeController(ConfigModel):
     """Tries of one edge message while the API server fails it in a way that may pass (5xx, 429, no answer)."""
     upstream_max_backoff: float = Field(default=5.0, gt=0)
     """Longest wait, in seconds, between two tries of one edge message."""
+    pod_autonomy: bool = True
+    """Pods on edge nodes tolerate the not-ready and unreachable taints for ever, so a disconnected edge's pods
+    are not evicted; a pod annotated edge.kubage.io/autonomy: "false" is evicted as in any cluster."""
 
     _enabled = field_validator("enable")(must_be_true("it is what sends each node its objects"))
 

@@ -14,6 +14,7 @@ branch in ``parse``.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +38,8 @@ class ResourceType(enum.StrEnum):
     DEVICEMODEL = "devicemodel"
     DEVICETWIN = "devicetwin"  # reported twin values, edge → cloud
     DEVICESTATE = "devicestate"  # a device's online/offline state, edge → cloud
+    SERVICEACCOUNTTOKEN = "serviceaccounttoken"  # a TokenRequest for a pod, asked as a query
+    EVENT = "event"  # what happened to a pod or the node, as the kubelet records it
 
 
 QUERYABLE = frozenset({ResourceType.NODE, ResourceType.POD, ResourceType.CONFIGMAP, ResourceType.SECRET})
@@ -151,6 +154,101 @@ def device_state(namespace: str, device: str, state: str, *, last_online_time: s
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Involved:
+    """The object an event is about: one of the node's pods, or the node."""
+
+    kind: str  # "Pod" or "Node"
+    name: str
+    uid: str
+    namespace: str = ""
+    field_path: str = ""  # e.g. spec.containers{web}
+
+
+EVENT_TYPES = ("Normal", "Warning")
+MAX_EVENT_MESSAGE = 1024  # characters; longer ones are cut, as events.k8s.io asks
+
+
+def event_name(involved: Involved, reason: str, message: str) -> str:
+    """The Event's name: the same for repeats of one (object, reason, message), so they count up one Event
+    whichever CloudCore replica writes them."""
+    digest = hashlib.sha256(f"{involved.uid}/{involved.field_path}/{reason}/{message}".encode()).hexdigest()[:16]
+    return f"{involved.name}.{digest}"
+
+
+def event(
+    involved: Involved,
+    *,
+    reason: str,
+    message: str,
+    type_: str,
+    count: int,
+    first_timestamp: str,
+    last_timestamp: str,
+    host: str,
+) -> Upstream:
+    """One Event, coalesced: keyed per (object, reason, message), so repeats while offline travel once with
+    their count."""
+    message = message[:MAX_EVENT_MESSAGE]
+    name = event_name(involved, reason, message)
+    namespace = involved.namespace or "default"  # node events go to default, as the kubelet's do
+    involved_object = {"kind": involved.kind, "name": involved.name, "uid": involved.uid, "apiVersion": "v1"}
+    if involved.namespace:
+        involved_object["namespace"] = involved.namespace
+    if involved.field_path:
+        involved_object["fieldPath"] = involved.field_path
+    return Upstream(
+        f"event/{name}",
+        Group.RESOURCE,
+        Operation.UPDATE,
+        _resource(namespace, ResourceType.EVENT, name),
+        {
+            "metadata": {"name": name, "namespace": namespace},
+            "involvedObject": involved_object,
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "count": count,
+            "firstTimestamp": first_timestamp,
+            "lastTimestamp": last_timestamp,
+            "source": {"component": "kubelet", "host": host},
+            "reportingComponent": "kubelet",
+            "reportingInstance": host,
+        },
+    )
+
+
+def token_request(
+    namespace: str,
+    service_account: str,
+    *,
+    pod: str,
+    pod_uid: str,
+    audiences: list[str],
+    expiration_seconds: int,
+    now_ms: int,
+) -> Message:
+    """Ask for a service-account token bound to one of the node's pods (a TokenRequest, as KubeEdge sends it);
+    the answer is a ``response`` with the TokenRequest's status, or ``{"error": ...}``."""
+    return new_message(
+        source="edged",
+        group=Group.RESOURCE,
+        operation=Operation.QUERY,
+        resource=_resource(namespace, ResourceType.SERVICEACCOUNTTOKEN, service_account),
+        now_ms=now_ms,
+        content={
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "metadata": {"name": service_account, "namespace": namespace},
+            "spec": {
+                "audiences": list(audiences),
+                "expirationSeconds": expiration_seconds,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": pod_uid},
+            },
+        },
+    )
+
+
 def query(kind: ResourceType, namespace: str | None, name: str, *, now_ms: int, source: str = "edged") -> Message:
     """A best-effort read of one object the node may see; the answer is a ``response`` to its msg_id."""
     if kind not in QUERYABLE:
@@ -217,7 +315,44 @@ class Query:
     name: str
 
 
-Request = NodeRegistration | NodeStatus | PodStatus | PodDeleted | TwinReported | DeviceState | Query
+@dataclass(frozen=True, slots=True)
+class TokenQuery:
+    """A TokenRequest for ``service_account``, to be bound to the pod ``pod`` (``pod_uid``)."""
+
+    namespace: str
+    service_account: str
+    pod: str
+    pod_uid: str
+    audiences: list[str]
+    expiration_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventReport:
+    namespace: str
+    name: str
+    involved: Involved
+    reason: str
+    message: str
+    type: str
+    count: int
+    first_timestamp: str
+    last_timestamp: str
+
+
+Request = (
+    NodeRegistration
+    | NodeStatus
+    | PodStatus
+    | PodDeleted
+    | TwinReported
+    | DeviceState
+    | Query
+    | TokenQuery
+    | EventReport
+)
+
+MIN_TOKEN_SECONDS = 600  # the API server's floor for expirationSeconds
 
 
 def parse(message: Message) -> Request:
@@ -233,6 +368,9 @@ def parse(message: Message) -> Request:
         raise UpstreamError(f"unknown resource type {resource.type!r}") from None
     if route.operation == Operation.QUERY and kind in QUERYABLE:
         return Query(kind, resource.namespace, resource.name)
+    if route.operation == Operation.QUERY and kind is ResourceType.SERVICEACCOUNTTOKEN:
+        _check_depth(message.content)
+        return _token_query(resource.namespace or "default", resource.name, _object(message.content, "content"))
     build = _PARSERS.get((kind, route.operation))
     if build is None:
         raise UpstreamError(f"no upstream message is {route.operation!r} of {kind.value!r}")
@@ -277,6 +415,64 @@ def _state_request(namespace: str, name: str, content: dict[str, Any]) -> Device
     )
 
 
+def _token_query(namespace: str, name: str, content: dict[str, Any]) -> TokenQuery:
+    spec = _object(content.get("spec"), "content.spec")
+    ref = _object(spec.get("boundObjectRef"), "content.spec.boundObjectRef")
+    if ref.get("kind") != "Pod":
+        raise UpstreamError(f"content.spec.boundObjectRef.kind must be 'Pod', not {ref.get('kind')!r}")
+    audiences = spec.get("audiences", [])
+    if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
+        raise UpstreamError("content.spec.audiences must be a list of non-empty strings")
+    seconds = spec.get("expirationSeconds", 3600)
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < MIN_TOKEN_SECONDS:
+        raise UpstreamError(f"content.spec.expirationSeconds must be an integer of at least {MIN_TOKEN_SECONDS}")
+    return TokenQuery(
+        namespace,
+        name,
+        _string(ref.get("name"), "content.spec.boundObjectRef.name"),
+        _string(ref.get("uid"), "content.spec.boundObjectRef.uid"),
+        audiences,
+        seconds,
+    )
+
+
+def _event_request(namespace: str, name: str, content: dict[str, Any]) -> EventReport:
+    involved = _object(content.get("involvedObject"), "content.involvedObject")
+    kind = involved.get("kind")
+    if kind not in ("Pod", "Node"):
+        raise UpstreamError(f"content.involvedObject.kind must be 'Pod' or 'Node', not {kind!r}")
+    type_ = content.get("type")
+    if type_ not in EVENT_TYPES:
+        raise UpstreamError(f"content.type must be one of {list(EVENT_TYPES)}, not {type_!r}")
+    count = content.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise UpstreamError("content.count must be a positive integer")
+    message = content.get("message", "")
+    if not isinstance(message, str) or len(message) > MAX_EVENT_MESSAGE:
+        raise UpstreamError(f"content.message must be a string of at most {MAX_EVENT_MESSAGE} characters")
+    field_path = involved.get("fieldPath", "")
+    if not isinstance(field_path, str):
+        raise UpstreamError("content.involvedObject.fieldPath must be a string")
+    target = Involved(
+        kind,
+        _string(involved.get("name"), "content.involvedObject.name"),
+        _string(involved.get("uid"), "content.involvedObject.uid"),
+        namespace if kind == "Pod" else "",
+        field_path,
+    )
+    return EventReport(
+        namespace,
+        name,
+        target,
+        _string(content.get("reason"), "content.reason"),
+        message,
+        type_,
+        count,
+        _string(content.get("firstTimestamp"), "content.firstTimestamp"),
+        _string(content.get("lastTimestamp"), "content.lastTimestamp"),
+    )
+
+
 _PARSERS: dict[tuple[ResourceType, str], Callable[[str, str, dict[str, Any]], Request]] = {
     (ResourceType.NODE, Operation.INSERT): _registration,
     (ResourceType.NODE, Operation.UPDATE): _registration,
@@ -285,6 +481,7 @@ _PARSERS: dict[tuple[ResourceType, str], Callable[[str, str, dict[str, Any]], Re
     (ResourceType.POD, Operation.DELETE): _pod_deleted_request,
     (ResourceType.DEVICETWIN, Operation.UPDATE): _twin_request,
     (ResourceType.DEVICESTATE, Operation.UPDATE): _state_request,
+    (ResourceType.EVENT, Operation.UPDATE): _event_request,
 }
 
 

@@ -18,11 +18,15 @@ from common.systemd import notify, watchdog
 from common.tls import client_context
 from edgecore.certmanager import CertRotator, complete_interrupted_rotation
 from edgecore.config import EdgeCoreConfig
+from edgecore.config import Edged as EdgedConfig
 from edgecore.config import EventBus as EventBusConfig
 from edgecore.devicetwin import DeviceTwin
 from edgecore.edged.edged import Edged
+from edgecore.edged.events import EventRecorder
+from edgecore.edged.network import DnsSettings, NetworkSettings, PodNetwork
 from edgecore.edged.node import NodeReporter, host_ip_towards, node_status
 from edgecore.edged.runtime import FullRuntime
+from edgecore.edged.satokens import ServiceAccountTokens
 from edgecore.edgehub import EdgeHub, EdgeHubSettings
 from edgecore.edgestream import EdgeStream
 from edgecore.edgestream.kubelet import KubeletApi
@@ -85,19 +89,7 @@ async def build(
     runtime = runtime_factory(edged_config.remote_runtime_endpoint) if edged_config.enable else None
     edged: Edged | None = None
     if runtime is not None:
-        root = Path(edged_config.root_directory)
-        root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
-        edged = Edged(
-            node_name=node,
-            store=store,
-            runtime=runtime,
-            root=root,
-            publish=hub.publish,
-            host_ip=host_ip,
-            sync_interval=edged_config.sync_frequency,
-            restart_backoff=edged_config.restart_backoff,
-        )
-        hub.add_change_listener(edged.wake)
+        edged = _edged(edged_config, node=node, store=store, hub=hub, runtime=runtime, host_ip=host_ip)
     stream: EdgeStream | None = None
     if runtime is not None and edged is not None and config.modules.edge_stream.enable:
         api = KubeletApi(
@@ -127,6 +119,7 @@ async def build(
         publish=hub.publish,
         interval=edged_config.node_status_update_frequency,
     )
+    hub.add_connection_listener(reporter.resend)
     monitor = Monitor(
         bind_address=edged_config.healthz_bind_address, collector=EdgeCollector(hub, edged), ready=lambda: True
     )
@@ -170,6 +163,65 @@ async def build(
         await store.close()
 
     return modules, close
+
+
+def _edged(
+    edged_config: EdgedConfig, *, node: NodeName, store: MetaStore, hub: EdgeHub, runtime: FullRuntime, host_ip: str
+) -> Edged:
+    """Edged with its token source, events, pod network and DNS, listening to the hub's changes."""
+    root = Path(edged_config.root_directory)
+    root.mkdir(parents=True, exist_ok=True)
+    tokens = ServiceAccountTokens(store, hub.request)
+    events = (
+        EventRecorder(
+            node=node,
+            publish=hub.publish,
+            pending=lambda: hub.pending("event/"),
+            backlog=edged_config.event_backlog,
+        )
+        if edged_config.report_event
+        else None
+    )
+
+    async def node_cidr() -> str:
+        found = await store.get("node", None, node)
+        return str(((found or {}).get("spec") or {}).get("podCIDR") or "")
+
+    network = PodNetwork(network_settings(edged_config, root), runtime, node_cidr)
+    edged = Edged(
+        node_name=node,
+        store=store,
+        runtime=runtime,
+        root=root,
+        publish=hub.publish,
+        host_ip=host_ip,
+        sync_interval=edged_config.sync_frequency,
+        restart_backoff=edged_config.restart_backoff,
+        tokens=tokens.token,
+        forget_tokens=tokens.forget,
+        network=network,
+        dns=DnsSettings(
+            cluster_dns=tuple(edged_config.cluster_dns),
+            cluster_domain=edged_config.cluster_domain,
+            resolv_conf=Path(edged_config.resolv_conf),
+        ),
+        events=events,
+        kubernetes_service=edged_config.kubernetes_service,
+    )
+    hub.add_change_listener(edged.wake)
+    hub.add_connection_listener(edged.resend_statuses)
+    return edged
+
+
+def network_settings(edged: EdgedConfig, root: Path) -> NetworkSettings:
+    return NetworkSettings(
+        mode=edged.network,
+        cni_conf_dir=Path(edged.cni_conf_dir),
+        pod_cidr=edged.pod_cidr,
+        bridge_name=edged.bridge_name,
+        masquerade=edged.masquerade,
+        ipam_dir=root / "cni" / "networks",
+    )
 
 
 def _device_modules(bus_config: EventBusConfig, node: NodeName, twin_store: MetaStore, hub: EdgeHub) -> list[Module]:

@@ -31,7 +31,6 @@ UNSUPPORTED = {
     "modules.edged.tailoredKubeletConfig": "Edged is not a kubelet and takes no kubelet configuration",
     "modules.edged.tailoredKubeletFlag": "Edged is not a kubelet and takes no kubelet flags",
     "modules.edged.registerNodeNamespace": "the node registers cluster-scoped, as Kubernetes nodes are",
-    "modules.edged.reportEvent": "Edged does not post events",
     "modules.edged.customInterfaceName": "set modules.edged.nodeIP instead",
     "modules.eventBus.mqttServerInternal": "EdgeCore runs no broker of its own (mqttMode 2 only)",
     "modules.eventBus.mqttRetain": "replies and deltas are never retained",
@@ -141,6 +140,31 @@ class Edged(ConfigModel):
     """Where pods' volumes and logs are written."""
     healthz_bind_address: str = "127.0.0.1:10248"
     """host:port of /healthz, /readyz and Prometheus /metrics."""
+    network: Literal["bridge", "existing", "none"] = "bridge"
+    """Pod networking: bridge writes a bridge CNI configuration when the runtime has none; existing waits for the
+    operator's CNI; none runs hostNetwork pods only."""
+    cni_conf_dir: str = Field(default="/etc/cni/net.d", alias="cniConfDir")
+    """The runtime's CNI configuration directory (containerd's plugins.cri.cni.conf_dir), where bridge writes."""
+    pod_cidr: str = Field(default="", alias="podCIDR")
+    """The pods' subnet for network bridge; empty: the node's spec.podCIDR, as the controller-manager allocates."""
+    bridge_name: str = Field(default="kubage0", max_length=15)
+    """The Linux bridge of network bridge."""
+    masquerade: bool = True
+    """With network bridge, pods reach beyond the node through the node's address (the bridge plugin's ipMasq)."""
+    cluster_dns: list[str] = Field(default_factory=list, alias="clusterDNS")
+    """Name servers of dnsPolicy ClusterFirst; empty: such pods use the node's resolv.conf, as the kubelet does."""
+    cluster_domain: str = "cluster.local"
+    """The cluster's DNS domain, for ClusterFirst search paths and hostname.subdomain names."""
+    resolv_conf: str = "/etc/resolv.conf"
+    """The node's resolver file, for dnsPolicy Default."""
+    kubernetes_service: str = ""
+    """host:port where edge pods reach the API server: set as KUBERNETES_SERVICE_HOST/PORT in every container, as
+    the kubelet does for the kubernetes Service (whose ClusterIP needs a kube-proxy the edge does not run);
+    empty: not set."""
+    report_event: bool = True
+    """Send the kubelet's events (Pulled, Started, Killing, BackOff, ...) up to the cluster."""
+    event_backlog: int = Field(default=1000, ge=1)
+    """Events waiting for the cloud at most while offline; newer ones are dropped and counted."""
 
     @model_validator(mode="after")
     def _labels_a_node_may_set(self) -> Self:

@@ -1,8 +1,13 @@
-"""A real Kubernetes control plane on loopback for tests and the demo: etcd plus kube-apiserver.
+"""A real Kubernetes control plane on loopback for tests and the demo: etcd, kube-apiserver, kube-scheduler and
+kube-controller-manager, each built from the Go module proxy (scripts/build-kube).
 
-Like controller-runtime's envtest: no scheduler, no controller-manager, no kubelet. Tests bind pods with
-``spec.nodeName`` themselves. Everything ``up`` creates lives in one state directory; ``down`` stops exactly
-the processes whose pids ``up`` recorded there, and removes the directory.
+As in a real cluster, the ServiceAccount admission plugin is on (every pod gets its ``kube-api-access-*``
+volume), the controller-manager runs every default controller (service accounts and their tokens, the root-CA
+publisher, node lifecycle, node IPAM with ``--allocate-node-cidrs``, garbage collection, the workload
+controllers) and the scheduler places pods. The node lifecycle is faster than a production default (see
+NODE_MONITOR_GRACE_S and DEFAULT_TOLERATION_S) so that disconnect tests finish in a minute. Everything ``up``
+creates lives in one state directory; ``down`` stops exactly the processes whose pids ``up`` recorded there,
+and removes the directory.
 
     scripts/control-plane up [--dir DIR]      prints: export KUBECONFIG=DIR/kubeconfig
     scripts/control-plane status [--dir DIR]
@@ -47,7 +52,13 @@ EDGE_NODE_NETWORK = "10.250.3.0/24"
 EDGE_NODE_ADDRESSES = [f"10.250.3.{i}" for i in range(1, 255)]
 STOP_TIMEOUT_S = 10.0
 # Processes in start order; `down` stops them in reverse.
-PROCESSES = ("etcd", "kube-apiserver")
+PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+SERVICE_CIDR = "10.0.0.0/24"
+CLUSTER_CIDR = "10.244.0.0/16"  # node IPAM hands each node a /24 of it as spec.podCIDR
+# A node whose lease and status are this old is NotReady (Kubernetes' default is 50 s); pods without a
+# toleration of their own are evicted from it this long after (default 300 s). Short, for tests of a disconnect.
+NODE_MONITOR_GRACE_S = 30
+DEFAULT_TOLERATION_S = 10
 
 
 class ControlPlaneError(Exception):
@@ -64,11 +75,11 @@ class Endpoints:
 # --- binaries ---------------------------------------------------------------------------------------------
 
 
-def apiserver_binary() -> Path:
-    """Build (first run only) or find the cached kube-apiserver; see scripts/build-apiserver."""
-    out = subprocess.run([str(ROOT / "scripts" / "build-apiserver")], check=False, capture_output=True, text=True)
+def kube_binary(component: str) -> Path:
+    """Build (first run only) or find a cached Kubernetes binary; see scripts/build-kube."""
+    out = subprocess.run([str(ROOT / "scripts" / "build-kube"), component], check=False, capture_output=True, text=True)
     if out.returncode != 0:
-        raise ControlPlaneError(f"building kube-apiserver failed:\n{out.stderr[-4000:]}")
+        raise ControlPlaneError(f"building {component} failed:\n{out.stderr[-4000:]}")
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -168,6 +179,13 @@ def write_certificates(pki: Path) -> None:
     (pki / "admin.crt").write_bytes(_pem(admin))
     _write_key(pki / "admin.key", admin_key)
 
+    # The scheduler's and controller-manager's identities: the API server's bootstrap RBAC has their roles.
+    for name in ("kube-scheduler", "kube-controller-manager"):
+        key = _key()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"system:{name}")])
+        (pki / f"{name}.crt").write_bytes(_pem(_cert(subject, key, ca_name, ca_key, client=True)))
+        _write_key(pki / f"{name}.key", key)
+
     # The API server's client certificate towards kubelets, and the serving certificate of a kubelet it verifies
     # (--kubelet-certificate-authority): CloudCore's stream server answers for every edge node, whose addresses
     # in tests come from EDGE_NODE_ADDRESSES.
@@ -203,7 +221,8 @@ def write_certificates(pki: Path) -> None:
     )
 
 
-def write_kubeconfig(state: Path, port: int) -> Path:
+def write_kubeconfig(state: Path, port: int, user: str = "admin") -> Path:
+    """A kubeconfig for ``user`` (the certificate pki/<user>.crt); the admin's is ``state/kubeconfig``."""
     pki = state / "pki"
 
     def b64(name: str) -> str:
@@ -223,14 +242,14 @@ def write_kubeconfig(state: Path, port: int) -> Path:
         ],
         "users": [
             {
-                "name": "kubage-admin",
-                "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+                "name": f"kubage-{user}",
+                "user": {"client-certificate-data": b64(f"{user}.crt"), "client-key-data": b64(f"{user}.key")},
             }
         ],
-        "contexts": [{"name": "kubage", "context": {"cluster": "kubage", "user": "kubage-admin"}}],
+        "contexts": [{"name": "kubage", "context": {"cluster": "kubage", "user": f"kubage-{user}"}}],
         "current-context": "kubage",
     }
-    path = state / "kubeconfig"
+    path = state / ("kubeconfig" if user == "admin" else f"{user}.kubeconfig")
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
     return path
@@ -396,7 +415,7 @@ def start_apiserver(state: Path, ports: Endpoints) -> None:
         state,
         "kube-apiserver",
         [
-            str(apiserver_binary()),
+            str(kube_binary("kube-apiserver")),
             f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
@@ -414,16 +433,85 @@ def start_apiserver(state: Path, ports: Endpoints) -> None:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=RBAC",
             "--allow-privileged=true",
-            # No controller-manager creates each namespace's "default" ServiceAccount: pods would be refused.
-            "--disable-admission-plugins=ServiceAccount",
+            f"--default-not-ready-toleration-seconds={DEFAULT_TOLERATION_S}",
+            f"--default-unreachable-toleration-seconds={DEFAULT_TOLERATION_S}",
             "--enable-priority-and-fairness=false",
             "--endpoint-reconciler-type=none",  # the loopback address may not back the kubernetes Service
             "--profiling=false",
             "--v=1",
         ],
+    )
+
+
+def start_controller_manager(state: Path) -> None:
+    pki = state / "pki"
+    kubeconfig = state / "kube-controller-manager.kubeconfig"
+    _start(
+        state,
+        "kube-controller-manager",
+        [
+            str(kube_binary("kube-controller-manager")),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--secure-port=0",
+            "--leader-elect=false",
+            "--controllers=*",  # every default controller
+            "--use-service-account-credentials=true",  # each controller as its own service account
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allocate-node-cidrs=true",
+            f"--cluster-cidr={CLUSTER_CIDR}",
+            "--node-cidr-mask-size=24",
+            "--node-monitor-period=2s",
+            f"--node-monitor-grace-period={NODE_MONITOR_GRACE_S}s",
+            "--concurrent-deployment-syncs=5",
+            "--profiling=false",
+            "--v=1",
+        ],
+    )
+
+
+def start_scheduler(state: Path) -> None:
+    kubeconfig = state / "kube-scheduler.kubeconfig"
+    _start(
+        state,
+        "kube-scheduler",
+        [
+            str(kube_binary("kube-scheduler")),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--secure-port=0",
+            "--leader-elect=false",
+            "--profiling=false",
+            "--v=1",
+        ],
+    )
+
+
+def wait_controllers(state: Path, port: int, timeout: float = READY_TIMEOUT_S) -> None:
+    """Until the controller-manager works: the ``default`` ServiceAccount of ``default`` exists (without
+    it the ServiceAccount admission refuses every pod there), and so does the root CA's ConfigMap."""
+    deadline = time.monotonic() + timeout
+    wanted = (
+        "/api/v1/namespaces/default/serviceaccounts/default",
+        "/api/v1/namespaces/default/configmaps/kube-root-ca.crt",
+    )
+    while time.monotonic() < deadline:
+        for name in ("kube-controller-manager", "kube-scheduler"):
+            if _recorded_pid(state, name) is None:
+                raise ControlPlaneError(f"{name} exited; see {state / (name + '.log')}:\n" + _tail(state, name))
+        if all(_request(state, port, "GET", path)[0] == 200 for path in wanted):
+            return
+        time.sleep(0.25)
+    raise ControlPlaneError(
+        f"kube-controller-manager made no default ServiceAccount within {timeout:.0f}s; "
+        f"see {state / 'kube-controller-manager.log'}"
     )
 
 
@@ -441,7 +529,12 @@ def up(state: Path) -> Path:
         start_etcd(state, ports)
         start_apiserver(state, ports)
         wait_ready(state, ports.apiserver)
+        for user in ("kube-controller-manager", "kube-scheduler"):
+            write_kubeconfig(state, ports.apiserver, user)
+        start_controller_manager(state)
+        start_scheduler(state)
         apply_crds(state, ports.apiserver, ROOT / "deploy" / "crds")
+        wait_controllers(state, ports.apiserver)
         return write_kubeconfig(state, ports.apiserver)
     except BaseException:
         down(state)

@@ -3,13 +3,15 @@
     .venv/bin/python -m scripts.demo [up] [--dir DIR] [--once]    bring it all up, then wait for Ctrl-C
     .venv/bin/python -m scripts.demo down [--dir DIR]              tear down a demo left running
 
-``up`` starts, in order: the control plane (etcd + kube-apiserver, ``scripts/control_plane.py``), a private
-mosquitto and a private containerd (with the locally built busybox and pause images: there is no registry);
-``keadm init`` against the control plane; CloudCore as a local process (the control plane has no kubelet, so
-the Deployment ``keadm init`` applies never runs a pod); ``keadm gettoken`` and ``keadm join`` into
-``<dir>/edge`` (a root directory, so nothing touches systemd); EdgeCore; a busybox pod bound to the edge node;
-a virtual device with ``kubage-mapper``, whose readings reach the Device status and whose desired value reaches
-the device; and ``keadm diagnose`` on the edge node. Then it prints how to look around and waits.
+``up`` starts, in order: the control plane (etcd, kube-apiserver, kube-scheduler and kube-controller-manager,
+``scripts/control_plane.py``), a private mosquitto and a private containerd (with the locally built busybox and
+pause images: there is no registry); ``keadm init`` against the control plane; CloudCore as a local process (the
+cluster has no node but the edge, and the Deployment ``keadm init`` applies keeps CloudCore off edge nodes, so it
+stays Pending); ``keadm gettoken`` and ``keadm join`` into ``<dir>/edge`` (a root directory, so nothing touches
+systemd); EdgeCore; a Deployment the scheduler places on the edge node, its pod on the node's own bridge network
+with an address from the node's pod CIDR; a virtual device with ``kubage-mapper``, whose readings reach the
+Device status and whose desired value reaches the device; and ``keadm diagnose`` on the edge node. Then it
+prints how to look around and waits.
 
 Everything lives in one directory (default ``/tmp/kubage-demo``, or ``$KUBAGE_DEMO_DIR``): the services' logs in
 ``logs/``, and ``state.json`` with the pid of the demo and of every process it started. Ctrl-C (or SIGTERM, which
@@ -43,7 +45,8 @@ import yaml
 
 from cloudcore.kube import Conflict, Kube
 from keadm.paths import EdgeLayout
-from scripts.harness.containerd import BUSYBOX_IMAGE, Containerd
+from scripts.harness.cluster import create_namespace
+from scripts.harness.containerd import BUSYBOX_IMAGE, Containerd, cni_settings
 from scripts.harness.containerd import start as start_containerd
 from scripts.harness.mosquitto import Mosquitto
 from scripts.harness.procs import Process, free_port, http_ok, identity, is_ours, production_env, stop_pid, tail
@@ -274,7 +277,7 @@ class Demo:
     async def up(self) -> None:
         p = self.progress
         cp_log = self.logs / "control-plane.log"
-        async with p.step("control plane: etcd + kube-apiserver", 300, [cp_log]):
+        async with p.step("control plane: etcd, kube-apiserver, scheduler, controller-manager", 300, [cp_log]):
             out = await self.run_command(
                 "control-plane",
                 [sys.executable, str(ROOT / "scripts" / "control_plane.py"), "up", "--dir", str(self.control_plane)],
@@ -395,6 +398,7 @@ class Demo:
         assert self.containerd is not None
         self.ports["mqtt"] = self.mosquitto.port if self.mosquitto else 0
         self.ports["edge-monitor"] = free_port()
+        cni = cni_settings(self.containerd.endpoint, NODE)
         async with p.step(
             f"keadm join --edgenode-name {NODE} --root-dir {self.edge.root}", 60, [self.logs / "keadm-join.log"]
         ):
@@ -421,6 +425,13 @@ class Demo:
                     f"modules.edged.healthzBindAddress=127.0.0.1:{self.ports['edge-monitor']}",
                     "--set",
                     f"modules.edged.nodeIP={NODE_IP}",
+                    # the pods' bridge network in the demo's containerd (its CNI directory), without NAT
+                    "--set",
+                    f"modules.edged.cniConfDir={cni['cniConfDir']}",
+                    "--set",
+                    f"modules.edged.bridgeName={cni['bridgeName']}",
+                    "--set",
+                    "modules.edged.masquerade=false",
                 ],
             )
             for line in out.strip().splitlines():
@@ -443,27 +454,33 @@ class Demo:
 
     async def pod(self) -> None:
         p = self.progress
-        async with p.step(f"a busybox pod bound to {NODE}", 120, [self.logs / "edgecore.log"]):
+        async with p.step(f"Deployment {POD}, scheduled onto {NODE}", 120, [self.logs / "edgecore.log"]):
             with contextlib.suppress(Conflict):  # left from an earlier run of the same control plane
-                await self.api().request("POST", "/api/v1/namespaces", body={"metadata": {"name": NAMESPACE}})
-            created = await self.api().request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", body=pod_manifest())
-            self.pod_uid = created["metadata"]["uid"]
-            await self.until(self._pod_running)
-            p.detail("pod running at the edge (the API server says Running)")
+                await create_namespace(self.api(), NAMESPACE)
+            await self.api().request(
+                "POST", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments", body=deployment_manifest()
+            )
+            pod = await self.until(self._pod_running)
+            p.detail(f"pod {pod['metadata']['name']} running at the edge, IP {pod['status'].get('podIP')} (own netns)")
             line = await self.until(self._pod_log_line)
-            p.detail(f"kubectl -n {NAMESPACE} logs {POD}: {line}")
+            p.detail(f"kubectl -n {NAMESPACE} logs deployment/{POD}: {line}")
 
-    async def _pod_running(self) -> bool:
-        pod = await self.api().get(f"/api/v1/namespaces/{NAMESPACE}/pods/{POD}")
-        status = pod.get("status") or {}
-        containers = status.get("containerStatuses") or []
-        return status.get("phase") == "Running" and bool(containers) and "running" in (containers[0].get("state") or {})
+    async def _pod_running(self) -> dict[str, Any] | None:
+        listed = await self.api().request(
+            "GET", f"/api/v1/namespaces/{NAMESPACE}/pods", query=[("labelSelector", f"app={POD}")]
+        )
+        for pod in listed.get("items") or []:
+            status = pod.get("status") or {}
+            containers = status.get("containerStatuses") or []
+            if status.get("phase") == "Running" and containers and "running" in (containers[0].get("state") or {}):
+                return cast(dict[str, Any], pod)
+        return None
 
     async def _pod_log_line(self) -> str:
         """The pod's first log line, through the real kubectl: API server → CloudCore → the tunnel → EdgeCore."""
         out = await asyncio.to_thread(
             subprocess.run,
-            ["kubectl", "--kubeconfig", str(self.kubeconfig), "-n", NAMESPACE, "logs", POD],
+            ["kubectl", "--kubeconfig", str(self.kubeconfig), "-n", NAMESPACE, "logs", f"deployment/{POD}"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -536,10 +553,11 @@ Everything is up. What runs, all on 127.0.0.1:
 Look around:
   export KUBECONFIG={k}
   kubectl get nodes
-  kubectl -n {NAMESPACE} get pods,devices
+  kubectl -n {NAMESPACE} get pods,devices -o wide
   kubectl -n {NAMESPACE} get device {DEVICE} -o jsonpath='{{.status.twins}}'
-  kubectl -n {NAMESPACE} logs -f {POD}            # through the tunnel, like exec and port-forward
-  kubectl -n {NAMESPACE} exec -it {POD} -- sh
+  kubectl -n {NAMESPACE} logs -f deployment/{POD}   # through the tunnel, like exec and port-forward
+  kubectl -n {NAMESPACE} exec -it deployment/{POD} -- sh
+  kubectl -n {NAMESPACE} describe pod -l app={POD}  # the edge's events: Pulled, Created, Started
   kubectl get --raw /api/v1/nodes/{NODE}/proxy/stats/summary
   .venv/bin/keadm diagnose --root-dir {self.edge.root}
   logs: {self.logs}/  (cloudcore.log, edgecore.log, mapper.log, ...)
@@ -583,26 +601,35 @@ Look around:
 # --- manifests -------------------------------------------------------------------------------------------------
 
 
-def pod_manifest() -> dict[str, Any]:
+def deployment_manifest() -> dict[str, Any]:
+    """A Deployment as for any cluster: placed by the scheduler on an edge node, on the pod network."""
     return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": POD, "namespace": NAMESPACE},
         "spec": {
-            "nodeName": NODE,  # no scheduler here: the pod is bound to the edge node directly
-            "hostNetwork": True,
-            "terminationGracePeriodSeconds": 2,
-            "tolerations": [{"key": "node-role.kubernetes.io/edge", "operator": "Exists", "effect": "NoSchedule"}],
-            "containers": [
-                {
-                    "name": POD,
-                    "image": BUSYBOX_IMAGE,  # imported into containerd from a local tar: never pulled
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": [
-                        "sh",
-                        "-c",
-                        f'echo "hello from busybox on {NODE}, $(uname -sm)"; exec sleep 2147483647',
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": POD}},
+            "template": {
+                "metadata": {"labels": {"app": POD}},
+                "spec": {
+                    "nodeSelector": {"node-role.kubernetes.io/edge": ""},
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [
+                        {
+                            "name": POD,
+                            "image": BUSYBOX_IMAGE,  # imported into containerd from a local tar: never pulled
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": [
+                                "sh",
+                                "-c",
+                                f'echo "hello from busybox on {NODE}, $(uname -sm), at $(hostname -i)"; '
+                                "exec sleep 2147483647",
+                            ],
+                        }
                     ],
-                }
-            ],
+                },
+            },
         },
     }
 

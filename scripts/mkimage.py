@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Build a tiny OCI image tar from the host's static busybox, for a container runtime with no registry.
 
-    scripts/mkimage.py OUT.tar REF [cmd ...]
+    scripts/mkimage.py OUT.tar REF [--add SRC:DEST ...] [cmd ...]
     scripts/mkimage.py busybox.tar localhost/busybox:1.35 /bin/sh
     scripts/mkimage.py pause.tar localhost/pause:3.6 /bin/sleep 2147483647
+    scripts/mkimage.py kubectl.tar localhost/kubectl:1.32 --add /usr/bin/kubectl:/bin/kubectl /bin/kubectl
     ctr -a SOCK -n k8s.io images import busybox.tar
 
 One layer: Debian's /bin/busybox (package busybox-static) with symlinks for the common applets, the usual
-top-level directories and a minimal etc/passwd, etc/group and etc/hosts. The tar holds an OCI image layout
+top-level directories and a minimal etc/passwd, etc/group and etc/hosts, plus any static binary given with
+``--add`` (a test's in-cluster client, say). The tar holds an OCI image layout
 (oci-layout, index.json annotated with the image name, blobs/sha256/...) and a docker-style manifest.json,
 so both `ctr images import` and `podman load` accept it. The output is byte-for-byte reproducible: same
 busybox, same arguments, same tar. Standard library only.
@@ -73,8 +75,8 @@ def available_applets(busybox: Path = BUSYBOX) -> set[str]:
     return set(out.stdout.split())
 
 
-def layer(busybox: Path = BUSYBOX) -> bytes:
-    """The root filesystem as an uncompressed tar."""
+def layer(busybox: Path = BUSYBOX, extra: dict[str, Path] | None = None) -> bytes:
+    """The root filesystem as an uncompressed tar; ``extra`` maps paths in the image to host files."""
     applets = available_applets(busybox)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -85,6 +87,8 @@ def layer(busybox: Path = BUSYBOX) -> bytes:
             tar.addfile(_info(f"bin/{applet}", tarfile.SYMTYPE, mode=0o777, link="busybox"))
         for name, text in FILES.items():
             _add_file(tar, name, text.encode())
+        for name, source in sorted((extra or {}).items()):
+            _add_file(tar, name.lstrip("/"), source.resolve().read_bytes(), mode=0o755)
     return buf.getvalue()
 
 
@@ -108,11 +112,11 @@ def _architecture() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
 
 
-def build(out: Path, ref: str, cmd: list[str], busybox: Path = BUSYBOX) -> str:
+def build(out: Path, ref: str, cmd: list[str], busybox: Path = BUSYBOX, extra: dict[str, Path] | None = None) -> str:
     """Write the image tar to ``out``; returns the manifest digest."""
     if ":" not in ref.rsplit("/", 1)[-1]:
         raise ValueError(f"image reference {ref!r} needs a tag (e.g. localhost/busybox:1.35)")
-    raw = layer(busybox)
+    raw = layer(busybox, extra)
     compressed = _gzip(raw)
     arch = _architecture()
     config = _json(
@@ -172,10 +176,15 @@ def build(out: Path, ref: str, cmd: list[str], busybox: Path = BUSYBOX) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] in ("-h", "--help"):
-        print("usage: scripts/mkimage.py OUT.tar REF [cmd ...]", file=sys.stderr)
+        print("usage: scripts/mkimage.py OUT.tar REF [--add SRC:DEST ...] [cmd ...]", file=sys.stderr)
         return 2
-    out, ref, cmd = Path(argv[0]), argv[1], argv[2:] or ["/bin/sh"]
-    digest = build(out, ref, cmd)
+    out, ref, rest = Path(argv[0]), argv[1], argv[2:]
+    extra: dict[str, Path] = {}
+    while len(rest) >= 2 and rest[0] == "--add":
+        source, _, dest = rest[1].partition(":")
+        extra[dest or "/bin/" + Path(source).name] = Path(source)
+        rest = rest[2:]
+    digest = build(out, ref, rest or ["/bin/sh"], extra=extra)
     print(f"{out}: {ref} {digest}")
     return 0
 

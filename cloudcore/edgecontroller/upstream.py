@@ -129,7 +129,7 @@ class Upstream:
                     reason=str(exc),
                     suppressed=suppressed,
                 )
-            if isinstance(request, contract.Query):
+            if isinstance(request, contract.Query | contract.TokenQuery):
                 await self._respond(node, message, {"error": str(exc)})
 
     async def _dispatch(self, node: NodeName, request: contract.Request, message: Message) -> None:
@@ -148,6 +148,10 @@ class Upstream:
                 await self._device_state(node, request)
             case contract.Query():
                 await self._query(node, request, message)
+            case contract.TokenQuery():
+                await self._token(node, request, message)
+            case contract.EventReport():
+                await self._event(node, request)
 
     async def _retrying(self, node: NodeName, message: Message, attempt: Callable[[], Awaitable[None]]) -> None:
         policy = self._retry
@@ -340,6 +344,75 @@ class Upstream:
             cache = self._placement.configmaps if kind is contract.ResourceType.CONFIGMAP else self._placement.secrets
             answer = cache.get((namespace, name))
         await self._respond(node, message, answer if answer is not None else {"error": "not found"})
+
+    async def _token(self, node: NodeName, request: contract.TokenQuery, message: Message) -> None:
+        """A service-account token for a pod on this node, bound to that pod (so it dies with it), through
+        TokenRequest; only for the service account the pod runs as."""
+        namespace = request.namespace
+        pod = self._placement.pod_on(node, namespace, request.pod)
+        if pod is None or pod["metadata"]["uid"] != request.pod_uid:
+            raise Refused(f"pod {namespace}/{request.pod} (uid {request.pod_uid}) is not bound to node {node!r}")
+        account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+        if account != request.service_account:
+            raise Refused(
+                f"pod {namespace}/{request.pod} runs as service account {account!r}, not {request.service_account!r}"
+            )
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": request.audiences,
+                "expirationSeconds": request.expiration_seconds,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": request.pod, "uid": request.pod_uid},
+            },
+        }
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token"
+        try:
+            answer = await self._kube.request("POST", path, body=body)
+        except KubeError as exc:  # answered, not retried here: the edge asks again, and keeps its cached token
+            await self._respond(node, message, {"error": f"TokenRequest for {namespace}/{account}: {exc}"})
+            return
+        status = answer.get("status") or {}
+        await self._respond(node, message, {"status": status})
+        log.info("token_issued", node=node, pod=f"{namespace}/{request.pod}", service_account=account)
+
+    async def _event(self, node: NodeName, request: contract.EventReport) -> None:
+        """An Event about the node or one of its pods: created under its coalescing name, or counted up."""
+        involved = request.involved
+        if involved.kind == "Node":
+            if involved.name != node:
+                raise Refused(f"node {node!r} may not record events about node {involved.name!r}")
+        else:
+            pod = self._placement.pod_on(node, request.namespace, involved.name)
+            if pod is None or pod["metadata"]["uid"] != involved.uid:
+                return  # the pod is gone (or was never this node's): its events go with it
+        involved_object = {"apiVersion": "v1", "kind": involved.kind, "name": involved.name, "uid": involved.uid}
+        if involved.namespace:
+            involved_object["namespace"] = involved.namespace
+        if involved.field_path:
+            involved_object["fieldPath"] = involved.field_path
+        body = {  # built from the checked fields only: nothing else the edge sent reaches the API
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": request.name, "namespace": request.namespace},
+            "involvedObject": involved_object,
+            "reason": request.reason,
+            "message": request.message,
+            "type": request.type,
+            "count": request.count,
+            "firstTimestamp": request.first_timestamp,
+            "lastTimestamp": request.last_timestamp,
+            "source": {"component": "kubelet", "host": node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": node,
+        }
+        path = f"/api/v1/namespaces/{request.namespace}/events"
+        try:
+            await self._kube.request("POST", path, body=body)
+        except Conflict:  # seen before: the same Event, counted up
+            repeat = {"count": request.count, "lastTimestamp": request.last_timestamp, "message": request.message}
+            with contextlib.suppress(NotFound):  # expired (events live an hour) between the two calls
+                await self._kube.request("PATCH", f"{path}/{request.name}", body=repeat, content_type=MERGE_PATCH)
 
     async def _respond(self, node: NodeName, query: Message, content: Any) -> None:
         response = new_message(

@@ -55,6 +55,10 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
+    def count(self, prefix: str) -> int:
+        """Items whose key starts with ``prefix``."""
+        return sum(1 for key in self._items if key.startswith(prefix))
+
     def start_session(self) -> None:
         """Connected: everything held goes out again (the cloud's acks of an earlier session are not known)."""
         self._sender = ReliableSender(window=self._window)

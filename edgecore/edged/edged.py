@@ -1,10 +1,12 @@
 """Edged: makes the runtime match the pods in the edge's store, and reports what it sees.
 
 Level-triggered, like the kubelet's sync loop: each round reads the desired pods from SQLite and the
-sandboxes and containers from the runtime (found by the kubelet's labels), and closes the gap. Nothing else
-is remembered between rounds that matters for correctness, so after a restart of EdgeCore (even with the
-cloud unreachable) the same round adopts the containers that are still running instead of starting
-duplicates. Statuses go up through the durable outbox, latest per pod.
+sandboxes and containers from the runtime (found by the kubelet's labels), and hands each pod to its own
+worker to close the gap, so one pod that takes long (a 30 s grace period, a slow image) holds up no other;
+a pod whose worker is still busy is looked at again as soon as it is done. Nothing else is remembered between
+rounds that matters for correctness, so after a restart of EdgeCore (even with the cloud unreachable) the
+same round adopts the containers that are still running instead of starting duplicates. Statuses go up
+through the durable outbox, latest per pod; events (events.py) beside them.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,9 +25,13 @@ from typing import Any, Protocol
 from common import upstream
 from common.logging import get_logger
 from common.upstream import UpstreamPublisher
+from edgecore.edged import network as podnet
 from edgecore.edged import spec as podspec
+from edgecore.edged import volumes as podvolumes
+from edgecore.edged.events import EventRecorder
 from edgecore.edged.runtime import (
     CONTAINER_NAME,
+    NODE_NAME,
     POD_NAME,
     POD_NAMESPACE,
     POD_UID,
@@ -33,6 +41,8 @@ from edgecore.edged.runtime import (
     ContainerRuntimeError,
     ContainerState,
     ImageError,
+    Mount,
+    PortMapping,
     SandboxConfig,
     SandboxInfo,
     SandboxState,
@@ -89,6 +99,12 @@ class Edged:
         sync_interval: float = 2.0,
         restart_backoff: float = 10.0,
         cgroup_root: Path = CGROUP_ROOT,
+        tokens: podvolumes.TokenGetter | None = None,
+        forget_tokens: Callable[[set[str]], Awaitable[None]] | None = None,
+        network: podnet.PodNetwork | None = None,
+        dns: podnet.DnsSettings | None = None,
+        events: EventRecorder | None = None,
+        kubernetes_service: str = "",
     ) -> None:
         self.node_name = node_name
         self._store = store
@@ -99,35 +115,61 @@ class Edged:
         self._interval = sync_interval
         self._restart_backoff = restart_backoff
         self._cgroup_root = cgroup_root
+        self._tokens = tokens
+        self._forget_tokens = forget_tokens
+        self._network = network
+        self._dns = dns or podnet.DnsSettings()
+        self._events = events
+        self._service_env = podspec.kubernetes_service_env(kubernetes_service)
         self._wake = asyncio.Event()
         self._backoffs: dict[tuple[str, str], _Backoff] = {}
         self._reported: dict[str, dict[str, Any]] = {}  # pod uid → last status published
         self._deleting_reported: set[str] = set()
         self._adopted_seen: set[str] = set()
+        self._workers: dict[str, asyncio.Task[None]] = {}  # pod uid → the worker syncing it now
+        self._again: set[str] = set()  # pods that changed while their worker was busy
         self.stats = EdgedStats()
 
     def wake(self, *_: object) -> None:
         """Something changed (a pod, a configmap): sync now rather than at the next interval."""
         self._wake.set()
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.sync_once()
-            except ContainerRuntimeError as exc:
-                log.warning("runtime_unavailable", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
-                    await self._wake.wait()
-            self._wake.clear()
+    def resend_statuses(self, connected: bool = True) -> None:
+        """Connected again: report every pod's status afresh, since the cloud may have overwritten it meanwhile
+        (the node-lifecycle controller marks the pods of a NotReady node not ready)."""
+        if connected:
+            self._reported.clear()
+            self.wake()
 
-    async def sync_once(self) -> None:
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.sync_once(wait=False)
+                except ContainerRuntimeError as exc:
+                    log.warning("runtime_unavailable", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._interval):
+                        await self._wake.wait()
+                self._wake.clear()
+        finally:
+            workers = list(self._workers.values())
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def sync_once(self, *, wait: bool = True) -> None:
+        """One round: every pod handed to its worker; with ``wait``, until the workers started now are done."""
         self.stats.syncs += 1
         pods = [
             p for p in await self._store.list_kind("pod") if (p.get("spec") or {}).get("nodeName") == self.node_name
         ]
-        sandboxes = await self._runtime.list_sandboxes()
-        containers = await self._runtime.list_containers()
+        sandboxes = [s for s in await self._runtime.list_sandboxes() if s.labels.get(NODE_NAME) == self.node_name]
+        ours = {s.id for s in sandboxes}
+        containers = [c for c in await self._runtime.list_containers() if c.sandbox_id in ours]
+        if self.stats.syncs == 1 and self._network is not None:
+            # Before any worker can be creating a sandbox: free addresses whose sandboxes went while we were down.
+            self._network.release_leaked({s.id for s in sandboxes})
         by_uid: dict[str, list[SandboxInfo]] = {}
         for sandbox in sandboxes:
             uid = sandbox.labels.get(POD_UID)
@@ -136,33 +178,106 @@ class Edged:
         in_sandbox: dict[str, list[ContainerInfo]] = {}
         for container in containers:
             in_sandbox.setdefault(container.sandbox_id, []).append(container)
+        started: list[asyncio.Task[None]] = []
         wanted = set()
         for pod in pods:
             uid = pod["metadata"]["uid"]
             wanted.add(uid)
-            try:
-                await self._sync_pod(pod, by_uid.get(uid, []), in_sandbox)
-            except ContainerRuntimeError as exc:
-                self._count("sync_pod")
-                log.warning("pod_sync_failed", pod=_name(pod), error=str(exc))
+            work = functools.partial(self._sync_pod, pod, by_uid.get(uid, []), in_sandbox)
+            started += self._dispatch(uid, _name(pod), work)
         for uid, leftover in by_uid.items():
             if uid not in wanted:
-                await self._remove_pod(uid, leftover, in_sandbox, grace_s=2)
+                started += self._dispatch(uid, uid, functools.partial(self._remove_pod, uid, leftover, in_sandbox, 2))
         for uid in list(self._reported):
             if uid not in wanted:
                 del self._reported[uid]
+        self._deleting_reported &= wanted
+        if self._forget_tokens is not None and self.stats.syncs % 30 == 1:
+            await self._forget_tokens(wanted)
+        if wait and started:
+            await asyncio.gather(*started)
+
+    def _dispatch(self, uid: str, what: str, work: Callable[[], Awaitable[None]]) -> list[asyncio.Task[None]]:
+        """Start ``work`` as the pod's worker, unless one is busy with it: then it is looked at once more after."""
+        busy = self._workers.get(uid)
+        if busy is not None and not busy.done():
+            self._again.add(uid)
+            return []
+        task = asyncio.create_task(self._work(uid, what, work), name=f"pod-worker {what}")
+        self._workers[uid] = task
+        return [task]
+
+    async def _work(self, uid: str, what: str, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except ContainerRuntimeError as exc:
+            self._count("sync_pod")
+            log.warning("pod_sync_failed", pod=what, error=str(exc))
+        except Exception:  # one pod's bug must not stop the others
+            self._count("sync_pod")
+            log.exception("pod_sync_crashed", pod=what)
+        finally:
+            if self._workers.get(uid) is asyncio.current_task():
+                del self._workers[uid]
+            if uid in self._again:
+                self._again.discard(uid)
+                self.wake()
 
     # --- one pod ----------------------------------------------------------------------------------------
 
     async def _sync_pod(
         self, pod: dict[str, Any], sandboxes: list[SandboxInfo], in_sandbox: dict[str, list[ContainerInfo]]
     ) -> None:
-        uid = pod["metadata"]["uid"]
         if pod["metadata"].get("deletionTimestamp"):
             await self._terminate(pod, sandboxes, in_sandbox)
             return
+        specs = (pod.get("spec") or {}).get("containers") or []
+        sandbox = await self._current_sandbox(pod, sandboxes, in_sandbox)
+        sandbox_config = self._sandbox_config(pod, attempt=len(sandboxes))
+        own: list[ContainerInfo] = []
+        if sandbox is None:
+            sandbox = await self._start_sandbox(pod, sandbox_config, specs)
+            if sandbox is None:
+                return
+        else:
+            own = in_sandbox.get(sandbox.id, [])
+        try:  # every sync, not only before a start: configmaps, labels and tokens reach running containers
+            volumes = await self._volumes(pod, sandbox)
+        except podspec.SpecError as exc:
+            await self._event(pod, "Warning", "FailedMount", str(exc))
+            blocked = Waiting("CreateContainerConfigError", str(exc))
+            statuses = []
+            for spec in specs:
+                current = next(reversed(_history(own, spec)), None)
+                running = current is not None and current.state is ContainerState.RUNNING
+                statuses.append(container_status(spec, current, None, None if running else blocked))
+            await self._report(pod, sandbox, statuses, waiting_on=str(exc))
+            return
+        statuses = []
+        for spec in specs:
+            mine = _history(own, spec)
+            latest = mine[-1] if mine else None
+            previous = mine[-2] if len(mine) > 1 else None
+            outcome = await self._sync_container(
+                pod, spec, sandbox=sandbox, sandbox_config=sandbox_config, history=mine, volumes=volumes
+            )
+            waiting = outcome if isinstance(outcome, Waiting) else None
+            if isinstance(outcome, ContainerInfo):
+                previous, latest = latest, outcome
+            statuses.append(container_status(spec, latest, previous, waiting))
+        await self._report(pod, sandbox, statuses)
+
+    async def _current_sandbox(
+        self, pod: dict[str, Any], sandboxes: list[SandboxInfo], in_sandbox: dict[str, list[ContainerInfo]]
+    ) -> SandboxInfo | None:
+        """The pod's ready sandbox (the newest, if several), once stale and extra ones are removed."""
+        uid = pod["metadata"]["uid"]
         ready = [s for s in sandboxes if s.state is SandboxState.READY]
         for stale in [s for s in sandboxes if s.state is not SandboxState.READY]:
+            if not ready:
+                await self._event(
+                    pod, "Normal", "SandboxChanged", "Pod sandbox changed, it will be killed and re-created."
+                )
             await self._remove_sandbox(stale, in_sandbox.get(stale.id, []), grace_s=0)
         sandbox = max(ready, key=lambda s: s.created_at_ns) if ready else None
         for extra in ready:
@@ -172,51 +287,70 @@ class Edged:
             self.stats.adopted += 1
             log.info("pod_adopted", pod=_name(pod), sandbox=sandbox.id[:12])
         self._adopted_seen.add(uid)
-        sandbox_config = self._sandbox_config(pod, attempt=len(sandboxes))
-        waiting: dict[str, Waiting] = {}
-        if sandbox is None:
-            try:
-                sandbox_id = await self._runtime.run_sandbox(sandbox_config)
-            except ContainerRuntimeError as exc:
-                # e.g. a pod network without a CNI configuration: say so in the pod's status, try again later
-                log.warning("sandbox_failed", pod=_name(pod), error=str(exc))
-                failed = Waiting("CreatePodSandboxError", str(exc))
-                specs = (pod.get("spec") or {}).get("containers") or []
-                await self._report(pod, None, [container_status(c, None, None, failed) for c in specs])
-                return
-            self.stats.sandboxes_started += 1
-            log.info("sandbox_started", pod=_name(pod), sandbox=sandbox_id[:12])
-            sandbox = next((s for s in await self._runtime.list_sandboxes() if s.id == sandbox_id), None)
-            own: list[ContainerInfo] = []
-        else:
-            own = in_sandbox.get(sandbox.id, [])
-        statuses = []
-        for spec in (pod.get("spec") or {}).get("containers") or []:
-            mine = sorted((c for c in own if c.name == spec["name"]), key=lambda c: (c.attempt, c.created_at_ns))
-            latest = mine[-1] if mine else None
-            previous = mine[-2] if len(mine) > 1 else None
-            if sandbox is not None:
-                outcome = await self._sync_container(
-                    pod, spec, sandbox_id=sandbox.id, sandbox_config=sandbox_config, history=mine
-                )
-                if isinstance(outcome, Waiting):
-                    waiting[spec["name"]] = outcome
-                elif outcome is not None:
-                    previous, latest = latest, outcome
-            statuses.append(container_status(spec, latest, previous, waiting.get(spec["name"])))
-        await self._report(pod, sandbox, statuses)
+        return sandbox
+
+    async def _start_sandbox(
+        self, pod: dict[str, Any], config: SandboxConfig, specs: list[dict[str, Any]]
+    ) -> SandboxInfo | None:
+        """A new sandbox for the pod; None (with the reason in its status) when it cannot have one now."""
+        blocked = await self._network_blocks(pod)
+        if blocked is not None:
+            await self._report(pod, None, [container_status(c, None, None, blocked) for c in specs])
+            return None
+        try:
+            sandbox_id = await self._runtime.run_sandbox(config)
+        except ContainerRuntimeError as exc:
+            log.warning("sandbox_failed", pod=_name(pod), error=str(exc))
+            await self._event(pod, "Warning", "FailedCreatePodSandBox", f"Failed to create pod sandbox: {exc}")
+            failed = Waiting("CreatePodSandboxError", str(exc))
+            await self._report(pod, None, [container_status(c, None, None, failed) for c in specs])
+            return None
+        self.stats.sandboxes_started += 1
+        log.info("sandbox_started", pod=_name(pod), sandbox=sandbox_id[:12])
+        return next((s for s in await self._runtime.list_sandboxes() if s.id == sandbox_id), None)
+
+    async def _network_blocks(self, pod: dict[str, Any]) -> Waiting | None:
+        """Why the pod cannot have a sandbox now (no pod network yet), or None."""
+        if self._network is None or (pod.get("spec") or {}).get("hostNetwork"):
+            return None
+        reason = await self._network.not_ready()
+        if not reason:
+            return None
+        await self._event(pod, "Warning", "NetworkNotReady", f"network is not ready: {reason}")
+        return Waiting("ContainerCreating", reason)
+
+    async def _volumes(self, pod: dict[str, Any], sandbox: SandboxInfo | None) -> dict[str, Path]:
+        pod_dir = self._root / "pods" / pod["metadata"]["uid"]
+        status = self._runtime_status(pod, sandbox)
+        paths = await podvolumes.prepare(pod, pod_dir, self._lookup, self._tokens, status=status)
+        hosts = pod_dir / "etc-hosts"
+        wanted = podnet.hosts_file(pod, status.get("podIP", ""), self._dns)
+        with contextlib.suppress(OSError):
+            if hosts.read_text() == wanted:
+                return paths
+        hosts.parent.mkdir(parents=True, exist_ok=True)
+        hosts.write_text(wanted)
+        return paths
+
+    def _runtime_status(self, pod: dict[str, Any], sandbox: SandboxInfo | None) -> dict[str, str]:
+        """The pod's IPs as the node knows them (the downward API and /etc/hosts need them)."""
+        host_network = bool((pod.get("spec") or {}).get("hostNetwork"))
+        pod_ip = self._host_ip if host_network else (sandbox.ip if sandbox is not None else "")
+        return {"podIP": pod_ip, "hostIP": self._host_ip}
 
     async def _sync_container(
         self,
         pod: dict[str, Any],
         spec: dict[str, Any],
         *,
-        sandbox_id: str,
+        sandbox: SandboxInfo,
         sandbox_config: SandboxConfig,
         history: list[ContainerInfo],
+        volumes: dict[str, Path],
     ) -> ContainerInfo | Waiting | None:
         """Start or restart the container if it should run: its new state, why it waits, or None (no change)."""
         latest = history[-1] if history else None
+        name = spec["name"]
         if latest is not None and latest.state is ContainerState.RUNNING:
             return None
         if latest is not None and latest.state is ContainerState.CREATED:
@@ -224,22 +358,42 @@ class Edged:
             return await self._runtime.container_status(latest.id)
         if latest is not None:
             gate = self._may_restart(pod, spec, latest)
+            if isinstance(gate, Waiting):
+                await self._event(
+                    pod,
+                    "Warning",
+                    "BackOff",
+                    f"Back-off restarting failed container {name} in pod {_kubelet_name(pod)}",
+                    container=name,
+                )
             if gate is not True:
                 return gate or None
+        policy = _pull_policy(spec)
         try:
-            config = await self._container_config(pod, spec, attempt=(latest.attempt + 1) if latest else 0)
-            await self._runtime.ensure_image(spec["image"], _pull_policy(spec))
+            config = await self._container_config(
+                pod, spec, sandbox, attempt=(latest.attempt + 1) if latest else 0, volumes=volumes
+            )
+            await self._runtime.ensure_image(spec["image"], policy)
         except podspec.SpecError as exc:
+            await self._event(pod, "Warning", "Failed", f"Error: {exc}", container=name)
             return Waiting("CreateContainerConfigError", str(exc))
         except ImageError as exc:
-            return Waiting("ErrImageNeverPull" if _pull_policy(spec) == "Never" else "ImagePullBackOff", str(exc))
-        container_id = await self._runtime.create_container(sandbox_id, config, sandbox_config)
+            reason = "ErrImageNeverPull" if policy == "Never" else "ImagePullBackOff"
+            await self._event(pod, "Warning", reason, str(exc), container=name)
+            return Waiting(reason, str(exc))
+        if policy != "Always":
+            await self._event(
+                pod, "Normal", "Pulled", f'Container image "{spec["image"]}" already present on machine', container=name
+            )
+        container_id = await self._runtime.create_container(sandbox.id, config, sandbox_config)
+        await self._event(pod, "Normal", "Created", f"Created container: {name}", container=name)
         await self._runtime.start_container(container_id)
+        await self._event(pod, "Normal", "Started", f"Started container {name}", container=name)
         self.stats.containers_started += 1
         for old in history[:-1]:  # keep the last exited instance for lastState, remove older ones
             with contextlib.suppress(ContainerRuntimeError):
                 await self._runtime.remove_container(old.id)
-        log.info("container_started", pod=_name(pod), container=spec["name"], attempt=config.attempt)
+        log.info("container_started", pod=_name(pod), container=name, attempt=config.attempt)
         return await self._runtime.container_status(container_id)
 
     def _may_restart(self, pod: dict[str, Any], spec: dict[str, Any], exited: ContainerInfo) -> Waiting | bool:
@@ -261,20 +415,40 @@ class Edged:
     async def _terminate(
         self, pod: dict[str, Any], sandboxes: list[SandboxInfo], in_sandbox: dict[str, list[ContainerInfo]]
     ) -> None:
-        """The pod is being deleted: stop it within its grace period, then tell the cloud it is gone."""
+        """The pod is being deleted: stop it within its grace period, report how its containers ended (a
+        terminal phase: a Job counts on it), then tell the cloud it is gone."""
         uid = pod["metadata"]["uid"]
+        if uid in self._deleting_reported:
+            return
         grace = int(
             pod["metadata"].get("deletionGracePeriodSeconds")
             or (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
         )
-        await self._remove_pod(uid, sandboxes, in_sandbox, grace_s=grace)
-        if uid not in self._deleting_reported:
-            self._deleting_reported.add(uid)
-            namespace, name = pod["metadata"].get("namespace", "default"), pod["metadata"]["name"]
-            await self._publish(upstream.pod_deleted(namespace, name, uid))
+        specs = (pod.get("spec") or {}).get("containers") or []
+        containers = [c for s in sandboxes for c in in_sandbox.get(s.id, [])]
+        running = [c for c in containers if c.state is ContainerState.RUNNING]
+        for container in running:
+            await self._event(
+                pod, "Normal", "Killing", f"Stopping container {container.name}", container=container.name
+            )
+        await asyncio.gather(*(self._runtime.stop_container(c.id, grace) for c in running))
+        final = []
+        for spec in specs:
+            mine = _history(containers, spec)
+            latest = None
+            if mine:
+                with contextlib.suppress(ContainerRuntimeError):
+                    latest = await self._runtime.container_status(mine[-1].id)
+            final.append(container_status(spec, latest, None, None))
+        if final and all("terminated" in s["state"] for s in final):
+            await self._report({**pod, "spec": {**pod["spec"], "restartPolicy": "Never"}}, None, final)
+        await self._remove_pod(uid, sandboxes, in_sandbox, 0)
+        self._deleting_reported.add(uid)
+        namespace, name = pod["metadata"].get("namespace", "default"), pod["metadata"]["name"]
+        await self._publish(upstream.pod_deleted(namespace, name, uid))
 
     async def _remove_pod(
-        self, uid: str, sandboxes: list[SandboxInfo], in_sandbox: dict[str, list[ContainerInfo]], *, grace_s: int
+        self, uid: str, sandboxes: list[SandboxInfo], in_sandbox: dict[str, list[ContainerInfo]], grace_s: int
     ) -> None:
         for sandbox in sandboxes:
             await self._remove_sandbox(sandbox, in_sandbox.get(sandbox.id, []), grace_s=grace_s)
@@ -316,26 +490,43 @@ class Edged:
             namespace=m.get("namespace", "default"),
             uid=m["uid"],
             attempt=attempt,
-            hostname="" if host_network else m["name"][:63],
+            hostname="" if host_network else podnet.hostname(pod),
             host_network=host_network,
             log_directory=str(log_dir),
             cgroup_parent=f"/kubepods/pod{m['uid']}",
-            labels={POD_NAME: m["name"], POD_NAMESPACE: m.get("namespace", "default"), POD_UID: m["uid"]},
+            labels={
+                POD_NAME: m["name"],
+                POD_NAMESPACE: m.get("namespace", "default"),
+                POD_UID: m["uid"],
+                NODE_NAME: self.node_name,
+            },
+            port_mappings=_port_mappings(spec),
+            dns=podnet.dns_config(pod, self._dns),
         )
 
-    async def _container_config(self, pod: dict[str, Any], spec: dict[str, Any], *, attempt: int) -> ContainerConfig:
+    async def _container_config(
+        self,
+        pod: dict[str, Any],
+        spec: dict[str, Any],
+        sandbox: SandboxInfo,
+        *,
+        attempt: int,
+        volumes: dict[str, Path],
+    ) -> ContainerConfig:
         m = pod["metadata"]
-        lookup = self._lookup
-        env = await podspec.environment(pod, spec, lookup)
-        volumes = await podspec.prepare_volumes(pod, self._root / "pods" / m["uid"], lookup)
+        status = self._runtime_status(pod, sandbox)
+        env = await podspec.environment(pod, spec, self._lookup, status=status, base=self._service_env)
+        mounts = podspec.mounts(spec, volumes)
+        if not any(mount.container_path == "/etc/hosts" for mount in mounts):  # the kubelet's managed /etc/hosts
+            mounts.append(Mount(str(self._root / "pods" / m["uid"] / "etc-hosts"), "/etc/hosts"))
         return ContainerConfig(
             name=spec["name"],
             image=spec["image"],
-            command=list(spec.get("command") or []),
-            args=list(spec.get("args") or []),
+            command=[podspec.expand(c, env) for c in spec.get("command") or []],
+            args=[podspec.expand(a, env) for a in spec.get("args") or []],
             env=env,
             working_dir=spec.get("workingDir", ""),
-            mounts=podspec.mounts(spec, volumes),
+            mounts=mounts,
             log_path=f"{spec['name']}/{attempt}.log",
             attempt=attempt,
             resources=podspec.resources(spec),
@@ -350,11 +541,22 @@ class Edged:
     async def _lookup(self, kind: str, namespace: str, name: str) -> Any:
         return await self._store.get(kind, namespace, name)
 
+    async def _event(self, pod: dict[str, Any], type_: str, reason: str, message: str, container: str = "") -> None:
+        if self._events is not None:
+            await self._events.pod(pod, type_, reason, message, container=container)
+
     # --- status ------------------------------------------------------------------------------------------
 
-    async def _report(self, pod: dict[str, Any], sandbox: SandboxInfo | None, containers: list[dict[str, Any]]) -> None:
+    async def _report(
+        self,
+        pod: dict[str, Any],
+        sandbox: SandboxInfo | None,
+        containers: list[dict[str, Any]],
+        *,
+        waiting_on: str = "",
+    ) -> None:
         m = pod["metadata"]
-        status = pod_status(pod, sandbox, containers, host_ip=self._host_ip, now=_now())
+        status = pod_status(pod, sandbox, containers, host_ip=self._host_ip, now=_now(), waiting_on=waiting_on)
         comparable = {
             **status,
             "conditions": [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status["conditions"]],
@@ -372,6 +574,33 @@ class Edged:
 
     def _count(self, what: str) -> None:
         self.stats.errors[what] = self.stats.errors.get(what, 0) + 1
+
+
+def _port_mappings(spec: dict[str, Any]) -> tuple[PortMapping, ...]:
+    """Every container port with a hostPort, for the CNI portmap plugin (host-network pods need none)."""
+    if spec.get("hostNetwork"):
+        return ()
+    return tuple(
+        PortMapping(
+            container_port=int(port["containerPort"]),
+            host_port=int(port["hostPort"]),
+            protocol=str(port.get("protocol") or "TCP"),
+            host_ip=str(port.get("hostIP") or ""),
+        )
+        for container in spec.get("containers") or []
+        for port in container.get("ports") or []
+        if port.get("hostPort")
+    )
+
+
+def _history(containers: list[ContainerInfo], spec: dict[str, Any]) -> list[ContainerInfo]:
+    """The instances of one container of the pod, oldest first."""
+    return sorted((c for c in containers if c.name == spec["name"]), key=lambda c: (c.attempt, c.created_at_ns))
+
+
+def _kubelet_name(pod: dict[str, Any]) -> str:
+    m = pod["metadata"]
+    return f"{m['name']}_{m.get('namespace', 'default')}({m['uid']})"
 
 
 def _name(pod: dict[str, Any]) -> str:

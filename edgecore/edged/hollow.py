@@ -36,6 +36,9 @@ class HollowRuntime:
     async def version(self) -> str:
         return "hollow://0.1"
 
+    async def network_ready(self) -> tuple[bool, str]:
+        return True, ""  # simulated sandboxes need no network
+
     async def ensure_image(self, image: str, pull_policy: str) -> None:
         if image not in self.images:
             raise ImageError(f"image {image} is not present and cannot be pulled (hollow runtime)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import socket
@@ -53,9 +54,26 @@ def host_ip_towards(host: str) -> str:
         return "127.0.0.1"
 
 
+def architecture() -> str:
+    """The node's architecture in Go's names, as Kubernetes labels and reports it."""
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(platform.machine(), platform.machine())
+
+
+def default_labels(node: str) -> dict[str, str]:
+    """The labels a kubelet puts on its node (charts select nodes by kubernetes.io/os; spreading uses hostname)."""
+    arch = architecture()
+    return {
+        "kubernetes.io/hostname": node,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": arch,
+        "beta.kubernetes.io/os": "linux",
+        "beta.kubernetes.io/arch": arch,
+    }
+
+
 def node_status(*, hostname: str, host_ip: str, runtime_version: str, max_pods: int = MAX_PODS) -> dict[str, Any]:
     resources = {"cpu": str(os.cpu_count() or 1), "memory": f"{memory_kib()}Ki", "pods": str(max_pods)}
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(platform.machine(), platform.machine())
+    arch = architecture()
     ok = {"status": "False", "reason": "", "message": ""}
     return {
         "capacity": resources,
@@ -95,11 +113,18 @@ class NodeReporter:
         resend_after: float = 60.0,
     ) -> None:
         self._node = node_name
-        self._labels = labels
+        self._labels = {**default_labels(node_name), **labels}
         self._status = status
         self._publish = publish
         self._interval = interval
         self._resend_after = resend_after
+        self._now = asyncio.Event()
+
+    def resend(self, connected: bool = True) -> None:
+        """Connected again: report the status at once (the node-lifecycle controller may have marked the node
+        NotReady while it was away, and only a fresh status sets it Ready)."""
+        if connected:
+            self._now.set()
 
     async def run(self) -> None:
         status = await self._status()
@@ -107,11 +132,17 @@ class NodeReporter:
         # when the cloud comes back.
         await self._publish(upstream.node_registration(self._node, labels=self._labels, status=status))
         log.info("node_registration_queued", node=self._node)
+        self._now.clear()
         last, since = status, 0.0
         while True:
-            await asyncio.sleep(self._interval)
+            asked = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._now.wait()
+                    asked = True
+            self._now.clear()
             since += self._interval
             status = await self._status()
-            if status != last or since >= self._resend_after:
+            if asked or status != last or since >= self._resend_after:
                 await self._publish(upstream.node_status(self._node, status))
                 last, since = status, 0.0

@@ -18,6 +18,9 @@ POD_NAME = "io.kubernetes.pod.name"
 POD_NAMESPACE = "io.kubernetes.pod.namespace"
 POD_UID = "io.kubernetes.pod.uid"
 CONTAINER_NAME = "io.kubernetes.container.name"
+# Ours: the node whose Edged made the sandbox. Edged adopts and removes only its own node's sandboxes, never a
+# pod another node (or another kubelet) runs in the same containerd.
+NODE_NAME = "io.kubage.node"
 # Annotation with the restart count of a container instance.
 RESTART_COUNT = "io.kubernetes.container.restartCount"
 
@@ -58,6 +61,25 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class PortMapping:
+    """A container port published on the node (``hostPort``), by the CNI portmap plugin."""
+
+    container_port: int
+    host_port: int
+    protocol: str = "TCP"  # TCP, UDP or SCTP
+    host_ip: str = ""
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """What the runtime writes into the sandbox's /etc/resolv.conf."""
+
+    servers: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SandboxConfig:
     name: str  # pod name
     namespace: str
@@ -69,6 +91,8 @@ class SandboxConfig:
     cgroup_parent: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    port_mappings: tuple[PortMapping, ...] = ()
+    dns: DnsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +141,9 @@ class ContainerInfo:
 
 class ContainerRuntime(Protocol):
     async def version(self) -> str: ...
+
+    async def network_ready(self) -> tuple[bool, str]:
+        """Whether pods outside the host network can get a network (the runtime's NetworkReady), and why not."""
 
     async def ensure_image(self, image: str, pull_policy: str) -> None:
         """Make ``image`` available under ``pull_policy`` (Always, IfNotPresent, Never); ImageError if not."""

@@ -10,7 +10,7 @@ import base64
 import os
 import re
 from collections.abc import Awaitable, Callable
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +67,38 @@ def _decode(kind: str, obj: dict[str, Any]) -> dict[str, str]:
     return dict(obj.get("data") or {})
 
 
-async def environment(pod: dict[str, Any], container: dict[str, Any], lookup: Lookup) -> dict[str, str]:
-    """``envFrom`` first, then ``env`` (which wins), as the kubelet does."""
+def kubernetes_service_env(address: str) -> dict[str, str]:
+    """The variables the kubelet sets for the ``kubernetes`` Service, pointing at ``address`` (host:port)."""
+    if not address:
+        return {}
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    url = f"tcp://{host}:{port}"
+    return {
+        "KUBERNETES_SERVICE_HOST": host,
+        "KUBERNETES_SERVICE_PORT": port,
+        "KUBERNETES_SERVICE_PORT_HTTPS": port,
+        "KUBERNETES_PORT": url,
+        f"KUBERNETES_PORT_{port}_TCP": url,
+        f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
+        f"KUBERNETES_PORT_{port}_TCP_PORT": port,
+        f"KUBERNETES_PORT_{port}_TCP_ADDR": host,
+    }
+
+
+async def environment(
+    pod: dict[str, Any],
+    container: dict[str, Any],
+    lookup: Lookup,
+    *,
+    status: dict[str, str] | None = None,
+    base: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """``base`` (the kubernetes Service's variables), then ``envFrom``, then ``env`` (which wins), as the
+    kubelet does; $(VAR) references in values are expanded against what came before. ``status`` holds the
+    podIP/hostIP the node knows."""
     namespace = pod["metadata"].get("namespace", "default")
-    env: dict[str, str] = {}
+    env: dict[str, str] = dict(base or {})
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")
         for kind, ref in (("configmap", source.get("configMapRef")), ("secret", source.get("secretRef"))):
@@ -84,16 +112,30 @@ async def environment(pod: dict[str, Any], container: dict[str, Any], lookup: Lo
             env.update({prefix + k: v for k, v in _decode(kind, obj).items()})
     for item in container.get("env") or []:
         if "value" in item or "valueFrom" not in item:
-            env[item["name"]] = item.get("value", "")
+            env[item["name"]] = expand(item.get("value", ""), env)
             continue
-        value = await _value_from(pod, container, item, lookup)
+        value = await _value_from(pod, container, item, lookup, status or {})
         if value is not None:
             env[item["name"]] = value
     return env
 
 
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion: a defined variable is replaced, $$ is a literal $, anything else stays."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _REFERENCE.sub(one, value)
+
+
 async def _value_from(
-    pod: dict[str, Any], container: dict[str, Any], item: dict[str, Any], lookup: Lookup
+    pod: dict[str, Any], container: dict[str, Any], item: dict[str, Any], lookup: Lookup, status: dict[str, str]
 ) -> str | None:
     source = item["valueFrom"]
     namespace = pod["metadata"].get("namespace", "default")
@@ -115,12 +157,22 @@ async def _value_from(
         )
     field_ref = source.get("fieldRef")
     if field_ref is not None:
-        return _field(pod, field_ref.get("fieldPath", ""))
+        return field_value(pod, field_ref.get("fieldPath", ""), status)
+    resource_ref = source.get("resourceFieldRef")
+    if resource_ref is not None:
+        return resource_value(
+            pod,
+            resource_ref.get("containerName") or container["name"],
+            resource_ref.get("resource", ""),
+            resource_ref.get("divisor"),
+        )
     return None
 
 
-def _field(pod: dict[str, Any], path: str) -> str:
-    metadata, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+def field_value(pod: dict[str, Any], path: str, status: dict[str, str]) -> str:
+    """A downward-API ``fieldRef``; ``status`` has the podIP/hostIP the node knows (the pod's status is the
+    edge's own and does not come down with the pod)."""
+    metadata, spec = pod.get("metadata") or {}, pod.get("spec") or {}
     simple = {
         "metadata.name": metadata.get("name"),
         "metadata.namespace": metadata.get("namespace"),
@@ -128,7 +180,9 @@ def _field(pod: dict[str, Any], path: str) -> str:
         "spec.nodeName": spec.get("nodeName"),
         "spec.serviceAccountName": spec.get("serviceAccountName"),
         "status.hostIP": status.get("hostIP"),
+        "status.hostIPs": status.get("hostIP"),
         "status.podIP": status.get("podIP"),
+        "status.podIPs": status.get("podIP"),
     }
     if path in simple:
         return str(simple[path] or "")
@@ -138,51 +192,43 @@ def _field(pod: dict[str, Any], path: str) -> str:
     raise SpecError(f"unsupported fieldRef {path!r}")
 
 
-async def prepare_volumes(pod: dict[str, Any], pod_dir: Path, lookup: Lookup) -> dict[str, Path]:
-    """Write configmap, secret and projected volumes under ``pod_dir``; returns volume name → host path."""
-    namespace = pod["metadata"].get("namespace", "default")
-    paths: dict[str, Path] = {}
-    for volume in (pod.get("spec") or {}).get("volumes") or []:
-        name = volume["name"]
-        target = pod_dir / "volumes" / name
-        if "hostPath" in volume:
-            paths[name] = Path(volume["hostPath"]["path"])
-            continue
-        target.mkdir(parents=True, exist_ok=True)
-        paths[name] = target
-        sources: list[tuple[str, dict[str, Any]]] = []
-        if "configMap" in volume:
-            sources.append(("configmap", {**volume["configMap"], "name": volume["configMap"]["name"]}))
-        if "secret" in volume:
-            sources.append(("secret", {**volume["secret"], "name": volume["secret"]["secretName"]}))
-        for source in (volume.get("projected") or {}).get("sources") or []:
-            if "configMap" in source:
-                sources.append(("configmap", source["configMap"]))
-            if "secret" in source:
-                sources.append(("secret", source["secret"]))
-        for kind, ref in sources:
-            obj = await lookup(kind, namespace, ref["name"])
-            if obj is None:
-                if ref.get("optional"):
-                    continue
-                raise SpecError(f"volume {name}: {kind} {namespace}/{ref['name']} not found")
-            _write_files(target, _decode(kind, obj), ref.get("items"), secret=kind == "secret")
-    return paths
+# What an unset limit reads as through the downward API: the node's capacity, as the kubelet answers.
+NODE_CAPACITY = {"cpu": Decimal(os.cpu_count() or 1), "memory": Decimal(0), "ephemeral-storage": Decimal(0)}
 
 
-def _write_files(target: Path, data: dict[str, str], items: list[dict[str, Any]] | None, *, secret: bool) -> None:
-    chosen = [(i["key"], i.get("path", i["key"])) for i in items] if items else [(k, k) for k in data]
-    for key, relative in chosen:
-        if key not in data:
-            continue
-        path = (target / relative).resolve()
-        if not path.is_relative_to(target.resolve()):
-            raise SpecError(f"volume item path {relative!r} escapes the volume")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(data[key])
-        tmp.chmod(0o600 if secret else 0o644)
-        os.replace(tmp, path)  # readers never see half a file
+def resource_value(pod: dict[str, Any], container_name: str, resource: str, divisor: object) -> str:
+    """A downward-API ``resourceFieldRef`` (limits.cpu, requests.memory, …) divided by ``divisor`` and rounded
+    up, as the kubelet computes it; an unset limit is the node's capacity, an unset request 0 (cpu: the limit)."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    container = next((c for c in containers if c.get("name") == container_name), None)
+    if container is None:
+        raise SpecError(f"resourceFieldRef: no container {container_name!r} in the pod")
+    which, _, name = resource.partition(".")
+    if which not in ("limits", "requests") or name not in NODE_CAPACITY:
+        raise SpecError(f"resourceFieldRef: unsupported resource {resource!r}")
+    declared = (container.get("resources") or {}).get(which) or {}
+    if name in declared:
+        amount = parse_quantity(declared[name])
+    elif which == "requests" and name in ((container.get("resources") or {}).get("limits") or {}):
+        amount = parse_quantity(container["resources"]["limits"][name])  # a request defaults to the limit
+    elif which == "limits":
+        amount = NODE_CAPACITY[name] or Decimal(_memory_bytes() if name == "memory" else 0)
+    else:
+        amount = Decimal(0)
+    by = parse_quantity(str(divisor)) if divisor not in (None, "", 0) else Decimal(1)
+    if by <= 0:
+        raise SpecError(f"resourceFieldRef: divisor must be positive, got {divisor!r}")
+    return str(int((amount / by).to_integral_value(rounding=ROUND_CEILING)))
+
+
+def _memory_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def mounts(container: dict[str, Any], volumes: dict[str, Path]) -> list[Mount]:

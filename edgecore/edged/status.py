@@ -93,19 +93,34 @@ def pod_status(
     *,
     host_ip: str,
     now: str,
+    waiting_on: str = "",
 ) -> dict[str, Any]:
+    """``waiting_on``: why the pod cannot start its containers (a volume the edge cannot provide, say)."""
     spec = pod.get("spec") or {}
     current_phase = phase(spec.get("restartPolicy", "Always"), containers)
     ready = bool(containers) and all(c["ready"] for c in containers)
+    unready = [c["name"] for c in containers if not c["ready"]]
+    not_ready = {"reason": "ContainersNotReady", "message": f"containers with unready status: [{' '.join(unready)}]"}
+    if current_phase in ("Succeeded", "Failed"):
+        not_ready = {"reason": "PodCompleted", "message": ""}
+    sandbox_ready: dict[str, str] = {"status": str(sandbox is not None)}
+    if waiting_on:
+        sandbox_ready = {"status": "False", "reason": "VolumesNotReady", "message": waiting_on}
     status: dict[str, Any] = {
         "phase": current_phase,
         "hostIP": host_ip,
         "hostIPs": [{"ip": host_ip}] if host_ip else [],
         "conditions": [
+            {"type": "PodReadyToStartContainers", **sandbox_ready, "lastTransitionTime": now},
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
             {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": str(ready), "lastTransitionTime": now},
-            {"type": "Ready", "status": str(ready), "lastTransitionTime": now},
+            {
+                "type": "ContainersReady",
+                "status": str(ready),
+                **({} if ready else not_ready),
+                "lastTransitionTime": now,
+            },
+            {"type": "Ready", "status": str(ready), **({} if ready else not_ready), "lastTransitionTime": now},
         ],
         "containerStatuses": containers,
         "qosClass": _qos(spec),

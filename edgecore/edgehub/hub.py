@@ -74,6 +74,10 @@ async def _drop_message(message: Message) -> None:
     log.info("cloud_message_unhandled", operation=message.route.operation, resource=message.route.resource)
 
 
+class NotConnected(Exception):
+    """A request to the cloud could not be sent or answered: the link is down or the answer did not come."""
+
+
 class EdgeHub:
     def __init__(
         self,
@@ -101,6 +105,7 @@ class EdgeHub:
         self.last_resync = 0
         self.applied = 0  # cloud messages that changed the store
         self.rejected = 0
+        self._waiting: dict[str, asyncio.Future[Message]] = {}  # msg_id of a request → its response
 
     def add_change_listener(self, listener: ChangeListener) -> None:
         self._change_listeners.append(listener)
@@ -138,12 +143,32 @@ class EdgeHub:
         if self._link is not None:
             self._link.wake()
 
+    def pending(self, prefix: str) -> int:
+        """Upstream messages whose key starts with ``prefix`` waiting in the outbox."""
+        return self.outbox.count(prefix)
+
     async def send(self, message: Message) -> bool:
         """Best effort (a query, say): False when not connected."""
         if self._link is None or not self.connected.is_set():
             return False
         await self._link.send(message)
         return True
+
+    async def request(self, message: Message, timeout: float) -> Message:  # noqa: ASYNC109
+        """Send ``message`` best effort and wait for the cloud's response to it (the message whose
+        ``parent_msg_id`` is its id); NotConnected if offline or no answer came within ``timeout``."""
+        msg_id = message.header.msg_id
+        answer: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting[msg_id] = answer
+        try:
+            if not await self.send(message):
+                raise NotConnected("not connected to CloudCore")
+            async with asyncio.timeout(timeout):
+                return await answer
+        except TimeoutError:
+            raise NotConnected(f"CloudCore did not answer within {timeout:g} s") from None
+        finally:
+            self._waiting.pop(msg_id, None)
 
     async def dial(self, path: str, headers: dict[str, str]) -> ClientConnection:
         """Another connection to the CloudCore replica this hub talks to (a stream), with the node's certificate."""
@@ -251,7 +276,11 @@ class EdgeHub:
             if isinstance(event, OutboxDelivered):
                 await self.store.outbox_delete(event.items)
             elif isinstance(event, Received):
-                await self._on_message(event.message)
+                waiter = self._waiting.get(event.message.header.parent_msg_id or "")
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(event.message)
+                else:
+                    await self._on_message(event.message)
             elif isinstance(event, Ready):
                 self.sessions += 1
                 self.last_resync = event.resync

@@ -67,6 +67,17 @@ SCHEMA = [
     """,
     # 4: digests are computed at handshake from the stored content instead (see digests())
     "ALTER TABLE objects DROP COLUMN digest",
+    # 5: service-account tokens of pods, kept to serve while offline (see edged.satokens)
+    """
+    CREATE TABLE service_account_tokens (
+        key TEXT PRIMARY KEY,
+        pod_uid TEXT NOT NULL,
+        token TEXT NOT NULL,
+        issued_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX service_account_tokens_pod ON service_account_tokens (pod_uid)
+    """,
 ]
 
 
@@ -265,6 +276,31 @@ class MetaStore:
     async def list_kind(self, kind: str) -> list[Any]:
         async with self._db.execute("SELECT content FROM objects WHERE kind = ? ORDER BY key", (kind,)) as cursor:
             return [orjson.loads(content) async for (content,) in cursor]
+
+    # --- service-account tokens ---------------------------------------------------------------------------
+
+    async def token_get(self, key: str) -> tuple[str, float, float] | None:
+        """(token, issued_at, expires_at), in seconds since the epoch, or None."""
+        query = "SELECT token, issued_at, expires_at FROM service_account_tokens WHERE key = ?"
+        async with self._db.execute(query, (key,)) as cursor:
+            row = await cursor.fetchone()
+        return (str(row[0]), float(row[1]), float(row[2])) if row else None
+
+    async def token_put(self, key: str, pod_uid: str, token: str, issued_at: float, expires_at: float) -> None:
+        async with self._write_lock:
+            await self._db.execute(
+                "INSERT OR REPLACE INTO service_account_tokens VALUES (?, ?, ?, ?, ?)",
+                (key, pod_uid, token, issued_at, expires_at),
+            )
+
+    async def tokens_forget(self, keep_pods: set[str]) -> int:
+        """Delete the tokens of every pod not in ``keep_pods``; how many were deleted."""
+        async with self._db.execute("SELECT DISTINCT pod_uid FROM service_account_tokens") as cursor:
+            gone = [(uid,) async for (uid,) in cursor if uid not in keep_pods]
+        if gone:
+            async with self._write_lock:
+                await self._db.executemany("DELETE FROM service_account_tokens WHERE pod_uid = ?", gone)
+        return len(gone)
 
     # --- outbox ------------------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
-"""The control plane of ``scripts/control_plane.py`` (etcd + kube-apiserver on loopback), run as a subprocess."""
+"""The control plane of ``scripts/control_plane.py`` (etcd, kube-apiserver, kube-scheduler and
+kube-controller-manager on loopback), run as a subprocess."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import subprocess
@@ -21,7 +23,15 @@ SCRIPT = Path(__file__).resolve().parent.parent / "control_plane.py"
 UP_TIMEOUT_S = 300.0
 
 
-__all__ = ["EDGE_LABEL", "ControlPlane", "ControlPlaneError", "create_edge_node", "edge_node", "next_node_address"]
+__all__ = [
+    "EDGE_LABEL",
+    "ControlPlane",
+    "ControlPlaneError",
+    "create_edge_node",
+    "create_namespace",
+    "edge_node",
+    "next_node_address",
+]
 
 
 _addresses = itertools.cycle(EDGE_NODE_ADDRESSES)
@@ -39,6 +49,15 @@ def edge_node(name: str) -> dict[str, Any]:
 
 async def create_edge_node(kube: Kube, name: str) -> None:
     await kube.request("POST", "/api/v1/nodes", body=edge_node(name))
+
+
+async def create_namespace(kube: Kube, name: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    """A namespace that takes pods: created, then until the controller-manager gave it its ``default``
+    ServiceAccount (the ServiceAccount admission refuses every pod there before that)."""
+    await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": name}})
+    async with asyncio.timeout(timeout):
+        while await kube.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default") is None:  # noqa: ASYNC110 - polling the API server
+            await asyncio.sleep(0.05)
 
 
 class ControlPlaneError(RuntimeError):

@@ -163,17 +163,20 @@ class Containerd:
 
     def import_images(self, timeout: float = 10.0) -> None:
         for ref, cmd in IMAGES.items():
-            tar = cached_image(ref, cmd)
-            self.images[ref] = tar
-            self.ctr("images", "import", str(tar))
+            self.import_image(ref, cmd, timeout=timeout)
+
+    def import_image(self, ref: str, cmd: list[str], add: dict[str, Path] | None = None, timeout: float = 30.0) -> None:
+        """Build (once, cached) and import an image, then wait until the CRI plugin sees it."""
+        tar = cached_image(ref, cmd, add)
+        self.images[ref] = tar
+        self.ctr("images", "import", str(tar), timeout=120)
         # The CRI plugin learns about imported images from containerd events: wait until it sees them.
         deadline = time.monotonic() + timeout
         with self.cri() as (_, images):
-            for ref in IMAGES:
-                while not images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=ref)), timeout=5).image.id:
-                    if time.monotonic() > deadline:
-                        raise ContainerdError(f"imported image {ref} does not show in CRI ImageStatus")
-                    time.sleep(0.05)
+            while not images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=ref)), timeout=5).image.id:
+                if time.monotonic() > deadline:
+                    raise ContainerdError(f"imported image {ref} does not show in CRI ImageStatus")
+                time.sleep(0.05)
 
     def smoke_test(self) -> None:
         """One host-network sandbox (the pause image) up and down: proves runc can run containers here."""
@@ -215,6 +218,7 @@ class Containerd:
     def stop(self) -> list[str]:
         """Tear everything down; returns the problems met (teardown never raises)."""
         problems = self.remove_all()
+        problems += remove_bridges(bridge_prefix(self.root))
         stop(self.process, STOP_TIMEOUT_S)
         problems += self._kill_leftover_tasks()
         problems += unmount_under(self.root)
@@ -251,6 +255,33 @@ class Containerd:
                 with contextlib.suppress(OSError):
                     os.unlink(socket)
         return problems
+
+
+def bridge_prefix(root: Path) -> str:
+    """The start of the names of the pod bridges made for the nodes of the containerd in ``root``."""
+    return "kb" + hashlib.sha256(str(root).encode()).hexdigest()[:5]
+
+
+def cni_settings(endpoint: str, node: str) -> dict[str, Any]:
+    """modules.edged keys for a node on the harness containerd at ``endpoint``: its CNI configuration
+    directory, and a bridge of the node's own (each node's pod CIDR differs, and a bridge holds one), named so
+    that ``stop`` removes it. Pod traffic stays on the machine: no masquerade."""
+    root = Path(endpoint.removeprefix("unix://")).parent
+    bridge = bridge_prefix(root) + hashlib.sha256(node.encode()).hexdigest()[:6]
+    return {"cniConfDir": str(root / "cni"), "bridgeName": bridge, "masquerade": False}
+
+
+def remove_bridges(prefix: str) -> list[str]:
+    """``ip link del`` every bridge whose name starts with ``prefix``."""
+    shown = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True, check=False)
+    problems = []
+    for line in shown.stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+        if name.startswith(prefix):
+            out = subprocess.run(["ip", "link", "del", name], capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                problems.append(f"ip link del {name}: {out.stderr.strip()}")
+    return problems
 
 
 def _shims_of(socket: Path) -> list[int]:
@@ -326,20 +357,25 @@ def _remove_run_dirs() -> None:
 # --- images ------------------------------------------------------------------------------------------------
 
 
-def cached_image(ref: str, cmd: list[str]) -> Path:
-    """The image tar for ``ref``, built by scripts/mkimage.py once per version of the script and busybox."""
+def cached_image(ref: str, cmd: list[str], add: dict[str, Path] | None = None) -> Path:
+    """The image tar for ``ref``, built by scripts/mkimage.py once per version of the script, busybox and
+    the files ``add``ed (path in the image → host file)."""
     if not BUSYBOX.exists():
         raise ContainerdError(f"{BUSYBOX} is missing: install the Debian package busybox-static")
     key = hashlib.sha256()
     key.update(MKIMAGE.read_bytes())
     key.update(BUSYBOX.read_bytes())
     key.update("\0".join([ref, *cmd]).encode())
+    options: list[str] = []
+    for dest, source in sorted((add or {}).items()):
+        key.update(dest.encode() + source.resolve().read_bytes())
+        options += ["--add", f"{source}:{dest}"]
     name = ref.rsplit("/", 1)[-1].replace(":", "-")
     tar = CACHE / f"{name}-{key.hexdigest()[:16]}.tar"
     if not tar.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         out = subprocess.run(
-            [sys.executable, str(MKIMAGE), str(tar), ref, *cmd], capture_output=True, text=True, check=False
+            [sys.executable, str(MKIMAGE), str(tar), ref, *options, *cmd], capture_output=True, text=True, check=False
         )
         if out.returncode != 0:
             raise ContainerdError(f"scripts/mkimage.py {ref} failed: {out.stderr.strip()}")

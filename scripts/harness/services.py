@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from scripts.harness.cluster import next_node_address
+from scripts.harness.containerd import cni_settings
 from scripts.harness.pki import Pki
 from scripts.harness.procs import BIN, Process, free_port, http_ok
 
@@ -192,6 +193,7 @@ class EdgeCoreProcess(Service):
                     "rootDirectory": str(self.workdir / "edged"),
                     "healthzBindAddress": f"127.0.0.1:{self.monitor_port}",
                     "nodeStatusUpdateFrequency": 2,
+                    **(cni_settings(self.runtime_endpoint, self.node) if self.runtime_endpoint else {}),
                 },
                 "eventBus": {"mqttServerExternal": self.mqtt},
                 **(

@@ -15,10 +15,13 @@ from cloudcore.kube import Kube, KubeError
 from common import upstream
 from common.upstream import ResourceType
 from edgecore.edgehub import EdgeHub
-from scripts.harness.cluster import EDGE_LABEL, ControlPlane, create_edge_node
+from scripts.harness.cluster import EDGE_LABEL, ControlPlane, create_edge_node, create_namespace
 from scripts.harness.pki import Pki
 from scripts.harness.services import CloudCoreProcess
 from tests.tunnel import eventually, running_edge
+
+# Every namespace's root CA, in each pod's kube-api-access volume (the ServiceAccount admission adds it).
+ROOT_CA = "kube-root-ca.crt"
 
 pytestmark = pytest.mark.kube
 
@@ -36,7 +39,7 @@ def cloudcore(control_plane: ControlPlane, pki: Pki, tmp_path: Path) -> Iterator
 @pytest.fixture
 async def namespace(kube: Kube) -> str:
     name = f"t-{uuid.uuid4().hex[:8]}"
-    await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": name}})
+    await create_namespace(kube, name)
     return name
 
 
@@ -100,7 +103,7 @@ async def test_pod_and_what_it_uses_arrive_follow_updates_and_leave(
     await cloudcore.wait_ready()
     async with running_edge(pki, cloudcore.port, tmp_path / "edge.db", node=node) as edge:
         await eventually(
-            lambda: _holds(edge, {"pod": {"app"}, "configmap": {"cfg"}, "secret": {"creds"}, "node": {node}})
+            lambda: _holds(edge, {"pod": {"app"}, "configmap": {"cfg", ROOT_CA}, "secret": {"creds"}, "node": {node}})
         )
         pod = await edge.store.get("pod", namespace, "app")
         assert pod["metadata"]["uid"] == created.metadata.uid
@@ -174,7 +177,9 @@ async def test_a_node_gets_and_reads_only_its_own_objects(
         responses.append(message)
 
     async with running_edge(pki, cloudcore.port, tmp_path / "a.db", node=mine, on_message=on_message) as edge:
-        await eventually(lambda: _holds(edge, {"pod": {"pod-cfg-mine"}, "configmap": {"cfg-mine"}, "node": {mine}}))
+        await eventually(
+            lambda: _holds(edge, {"pod": {"pod-cfg-mine"}, "configmap": {"cfg-mine", ROOT_CA}, "node": {mine}})
+        )
         for name in ("cfg-mine", "cfg-theirs"):
             assert await edge.send(upstream.query(ResourceType.CONFIGMAP, namespace, name, now_ms=0))
         await eventually(lambda: len(responses) == 2)
@@ -189,11 +194,19 @@ async def test_a_node_gets_and_reads_only_its_own_objects(
         pod = await kube.get(f"/api/v1/namespaces/{namespace}/pods/pod-cfg-theirs")
         assert pod["status"].get("phase") != "Failed"
         assert "request_refused" in cloudcore.tail(200) and mine in cloudcore.tail(200)
-        assert await kinds(edge) == {
-            "pod": {"pod-cfg-mine": await _rv(kube, namespace, "pods", "pod-cfg-mine")},
-            "configmap": {"cfg-mine": await _rv(kube, namespace, "configmaps", "cfg-mine")},
-            "node": {mine: (await kube.get(f"/api/v1/nodes/{mine}"))["metadata"]["resourceVersion"]},
-        }
+        await eventually(lambda: _holds_as_in_the_api(edge, kube, namespace, mine))
+
+
+async def _holds_as_in_the_api(edge: EdgeHub, kube: Kube, namespace: str, node: str) -> bool:
+    """Exactly these objects at the versions the API server has now (controllers update nodes and pods)."""
+    return await kinds(edge) == {
+        "pod": {"pod-cfg-mine": await _rv(kube, namespace, "pods", "pod-cfg-mine")},
+        "configmap": {
+            "cfg-mine": await _rv(kube, namespace, "configmaps", "cfg-mine"),
+            ROOT_CA: await _rv(kube, namespace, "configmaps", ROOT_CA),
+        },
+        "node": {node: (await kube.get(f"/api/v1/nodes/{node}"))["metadata"]["resourceVersion"]},
+    }
 
 
 async def _rv(kube: Kube, namespace: str, plural: str, name: str) -> str:
@@ -223,7 +236,7 @@ async def test_pod_status_reaches_the_api_and_the_lease_is_renewed(
         assert registered["metadata"]["labels"][EDGE_LABEL] == ""
         assert registered["status"]["capacity"]["cpu"] == "2"
         pod = await kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body=pod_body("web", node))
-        await eventually(lambda: _holds(edge, {"pod": {"web"}, "node": {node}}))
+        await eventually(lambda: _holds(edge, {"pod": {"web"}, "configmap": {ROOT_CA}, "node": {node}}))
         started = "2026-01-01T00:00:00Z"
         status = {
             "phase": "Running",

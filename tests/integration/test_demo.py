@@ -47,8 +47,8 @@ def test_the_demo_runs_every_step_and_leaves_nothing_running(tmp_path: Path) -> 
         env=production_env(),
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "pod running at the edge" in out.stdout
-    assert "kubectl -n demo logs hello: hello from busybox on demo-edge" in out.stdout  # through the tunnel
+    assert "running at the edge, IP 10.244." in out.stdout  # placed by the scheduler, on the node's pod network
+    assert "kubectl -n demo logs deployment/hello: hello from busybox on demo-edge" in out.stdout  # the tunnel
     assert "reported fanSpeed = 3" in out.stdout  # the desired value reached the device
     assert "all 13 steps ok" in out.stdout
     # Every process it recorded has stopped, and nothing naming this run's demo dir or containerd root is left.

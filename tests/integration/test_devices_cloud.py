@@ -12,7 +12,7 @@ import pytest
 from cloudcore.kube import Kube
 from common import upstream
 from edgecore.edgehub import EdgeHub
-from scripts.harness.cluster import create_edge_node
+from scripts.harness.cluster import create_edge_node, create_namespace
 from scripts.harness.pki import Pki
 from scripts.harness.services import CloudCoreProcess
 from tests.tunnel import eventually, running_edge
@@ -73,7 +73,7 @@ async def test_devices_go_down_twins_come_up_and_nodes_stay_apart(
         f"edge-{uuid.uuid4().hex[:6]}",
         f"edge-{uuid.uuid4().hex[:6]}",
     )
-    await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+    await create_namespace(kube, namespace)
     for node in (mine, theirs):
         await create_edge_node(kube, node)
     await kube.request(

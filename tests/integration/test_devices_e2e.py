@@ -13,7 +13,7 @@ import pytest
 from pymodbus.server import ModbusTcpServer
 
 from cloudcore.kube import Kube
-from scripts.harness.cluster import create_edge_node
+from scripts.harness.cluster import create_edge_node, create_namespace
 from scripts.harness.mosquitto import Mosquitto
 from scripts.harness.pki import Pki
 from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess, MapperProcess
@@ -58,7 +58,7 @@ async def reported(kube: Kube, namespace: str, name: str) -> dict[str, str]:
 async def namespace_and_edge_node(kube: Kube) -> tuple[str, str]:
     """A fresh namespace and an edge Node (labelled as CloudCore watches for), both with unique names."""
     namespace, node = f"t-{uuid.uuid4().hex[:8]}", f"edge-{uuid.uuid4().hex[:6]}"
-    await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+    await create_namespace(kube, namespace)
     await create_edge_node(kube, node)
     return namespace, node
 

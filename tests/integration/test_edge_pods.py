@@ -19,6 +19,7 @@ import pytest
 from cloudcore.kube import Kube, KubeError
 from edgecore.edged.cri import CriRuntime
 from edgecore.edged.runtime import POD_UID, ContainerState
+from scripts.harness.cluster import create_namespace
 from scripts.harness.pki import Pki
 from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess
 from tests.faultproxy import FaultProxy
@@ -53,7 +54,7 @@ async def sandboxes_of(runtime: CriRuntime, uid: str) -> list[Any]:
 
 async def setup_node(kube: Kube) -> tuple[str, str]:
     namespace, node = f"t-{uuid.uuid4().hex[:8]}", f"edge-{uuid.uuid4().hex[:6]}"
-    await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+    await create_namespace(kube, namespace)
     return namespace, node
 
 

@@ -23,11 +23,11 @@ from websockets.exceptions import ConnectionClosed
 from cloudcore.kube import Kube
 from common import tokens, upstream
 from common.certclient import CertServiceError, request_certificate
-from common.messages import Message, ObjectUid, new_message
+from common.messages import Message, ObjectUid, new_message, to_dict
 from common.pki import new_csr, new_key
 from common.protocol.session import CloseCode
 from edgecore.edgehub import EdgeHub
-from scripts.harness.cluster import ControlPlane, create_edge_node
+from scripts.harness.cluster import ControlPlane, create_edge_node, create_namespace
 from scripts.harness.pki import Pki
 from scripts.harness.services import CloudCoreProcess
 from tests.tunnel import eventually, running_edge
@@ -137,7 +137,7 @@ async def test_a_node_that_stops_reading_is_cut_off_and_its_next_session_is_welc
 ) -> None:
     node, namespace = f"edge-b-{uuid.uuid4().hex[:6]}", f"h-{uuid.uuid4().hex[:6]}"
     await create_edge_node(kube, node)
-    await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+    await create_namespace(kube, namespace)
     pad = "x" * 500_000
     for i in range(40):  # ~20 MB the cloud wants to send the node
         await kube.request(
@@ -331,7 +331,7 @@ async def test_a_legitimate_edge_keeps_its_pace_while_another_node_attacks(
     kube: Kube, cloud: CloudCoreProcess, pki: Pki, edge_a: EdgeHub
 ) -> None:
     namespace = f"h-{uuid.uuid4().hex[:6]}"
-    await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+    await create_namespace(kube, namespace)
     await kube.request(
         "POST",
         f"/api/v1/namespaces/{namespace}/pods",
@@ -414,3 +414,50 @@ async def test_a_shared_token_cannot_take_over_a_node_that_exists_or_was_issued_
     fresh = f"edge-new-{uuid.uuid4().hex[:6]}"
     assert await ask(fresh) == 200  # a new node joins with the shared token
     assert await ask(fresh) == 403  # and nobody else gets a certificate for that name with it afterwards
+
+
+async def test_a_node_gets_no_token_for_another_nodes_pod_nor_for_another_service_account(
+    kube: Kube, cloud: CloudCoreProcess, pki: Pki, edge_a: EdgeHub
+) -> None:
+    namespace = f"h-{uuid.uuid4().hex[:6]}"
+    await create_namespace(kube, namespace)
+    await kube.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", body={"metadata": {"name": "admin"}})
+    nodes = {"a": edge_a.settings.node_name, "b": f"edge-b-{uuid.uuid4().hex[:6]}"}
+    await create_edge_node(kube, nodes["b"])
+    uids = {}
+    for key, node in nodes.items():
+        created = await kube.request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/pods",
+            body={
+                "metadata": {"name": f"pod-{key}"},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
+            },
+        )
+        uids[key] = created["metadata"]["uid"]
+    pki.node_files(nodes["b"])
+    ws = await established(cloud, pki, nodes["b"])
+
+    async def ask(account: str, pod: str, uid: str) -> Any:
+        query = upstream.token_request(
+            namespace, account, pod=pod, pod_uid=uid, audiences=[], expiration_seconds=3600, now_ms=0
+        )
+        await ws.send(orjson.dumps(to_dict(query)))
+        async with asyncio.timeout(10):
+            while True:
+                frame = orjson.loads(await ws.recv())
+                for item in frame if isinstance(frame, list) else [frame]:
+                    if item["header"].get("parent_msg_id") == query.header.msg_id:
+                        return item["content"]
+
+    async with asyncio.timeout(10):  # until CloudCore's informer has seen the pods
+        while "status" not in (own := await ask("default", "pod-b", uids["b"])):  # noqa: ASYNC110 - polling
+            await asyncio.sleep(0.2)
+    assert own["status"]["token"].count(".") == 2  # a JWT, bound to pod-b
+    theirs = await ask("default", "pod-a", uids["a"])
+    assert "is not bound to node" in theirs["error"]
+    other_account = await ask("admin", "pod-b", uids["b"])
+    assert "runs as service account 'default', not 'admin'" in other_account["error"]
+    log = cloud.tail(400)
+    assert "Traceback" not in log and "request_refused" in log
+    await ws.close()

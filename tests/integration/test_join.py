@@ -30,7 +30,7 @@ from cloudcore.kube import Kube, KubeError
 from common.certclient import CertServiceError, request_certificate
 from common.pki import new_csr, new_key
 from keadm.paths import EdgeLayout
-from scripts.harness.cluster import ControlPlane
+from scripts.harness.cluster import ControlPlane, create_namespace
 from scripts.harness.procs import free_port, production_env
 from scripts.harness.services import CloudCoreProcess, Service
 from tests.tunnel import eventually
@@ -260,7 +260,7 @@ async def test_rotation_keeps_the_node_connected_and_its_pods_running(
         await edge.wait_ready()
 
         namespace = f"t-{uuid.uuid4().hex[:8]}"
-        await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+        await create_namespace(kube, namespace)
         container = {"name": "main", "image": "localhost/busybox:1.35", "command": ["sleep", "3600"]}
         spec = {"nodeName": node, "hostNetwork": True, "terminationGracePeriodSeconds": 1, "containers": [container]}
         await kube.request(

@@ -29,7 +29,7 @@ import orjson
 import pytest
 
 from cloudcore.kube import Kube
-from scripts.harness.cluster import ControlPlane
+from scripts.harness.cluster import ControlPlane, create_namespace
 from scripts.harness.pki import Pki
 from scripts.harness.procs import free_port, production_env
 from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess
@@ -74,7 +74,7 @@ async def start_edge(
     kube: Kube, control_plane: ControlPlane, cloud: CloudCoreProcess, containerd: Any, pki: Pki, workdir: Path
 ) -> Edge:
     namespace, node = f"s-{uuid.uuid4().hex[:8]}", f"edge-{uuid.uuid4().hex[:6]}"
-    await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+    await create_namespace(kube, namespace)
     process = EdgeCoreProcess(
         workdir, node=node, server=f"127.0.0.1:{cloud.port}", runtime_endpoint=containerd.endpoint, pki=pki
     )

@@ -58,6 +58,12 @@ def test_any_hello_content_gives_ready_or_a_close(content: Any, extra: dict[str,
     assert len(events) == 1 and isinstance(events[0], Close | Ready)
 
 
+def _as_upstream(message: Message) -> upstream.Upstream:
+    """A query (a token request) in the shape the builders return, so that it is mutated the same way."""
+    r = message.route
+    return upstream.Upstream("", r.group, r.operation, r.resource, message.content)
+
+
 BUILT = [
     upstream.node_registration(NODE, labels={"a": "b"}, status={"conditions": [{"type": "Ready", "status": "True"}]}),
     upstream.node_status(NODE, {"conditions": [{"type": "Ready", "status": "True"}], "capacity": {"cpu": "2"}}),
@@ -65,6 +71,21 @@ BUILT = [
     upstream.pod_deleted("default", "p", "u-p"),
     upstream.twin_reported("default", "d", "temp", value="1", value_type="int", timestamp_ms=0, observed_desired=""),
     upstream.device_state("default", "d", "online", last_online_time="2026-01-01T00:00:00Z"),
+    upstream.event(
+        upstream.Involved("Pod", "p", "u-p", "default"),
+        reason="Started",
+        message="Started container c",
+        type_="Normal",
+        count=1,
+        first_timestamp="t0",
+        last_timestamp="t0",
+        host=NODE,
+    ),
+    _as_upstream(
+        upstream.token_request(
+            "default", "default", pod="p", pod_uid="u-p", audiences=[], expiration_seconds=3600, now_ms=0
+        )
+    ),
 ]
 
 

@@ -66,5 +66,6 @@ async def test_an_old_database_is_migrated_in_place(tmp_path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (5,)
+        assert db.execute("SELECT count(*) FROM service_account_tokens").fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM device_twins").fetchone() == (0,)

@@ -44,6 +44,8 @@ _R = TypeVar("_R", bound=Message)
 _MAX_MESSAGE = 16 * 1024 * 1024
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
+_PROTOCOLS = {"TCP": pb.TCP, "UDP": pb.UDP, "SCTP": pb.SCTP}
+
 _CONTAINER_STATES = {
     pb.CONTAINER_CREATED: ContainerState.CREATED,
     pb.CONTAINER_RUNNING: ContainerState.RUNNING,
@@ -120,6 +122,13 @@ class CriRuntime:
         """``<runtime_name>://<runtime_version>``, e.g. ``containerd://1.6.20~ds1``."""
         resp = await self._call("Version", pb.VersionRequest(version="v1"), pb.VersionResponse, f"at {self.endpoint}")
         return f"{resp.runtime_name}://{resp.runtime_version}"
+
+    async def network_ready(self) -> tuple[bool, str]:
+        resp = await self._call("Status", pb.StatusRequest(), pb.StatusResponse, f"of {self.endpoint}")
+        for condition in resp.status.conditions:
+            if condition.type == "NetworkReady":
+                return condition.status, f"{condition.reason}: {condition.message}".strip(": ")
+        return False, "the runtime reports no NetworkReady condition"
 
     async def ensure_image(self, image: str, pull_policy: str) -> None:
         """IfNotPresent/Never look the image up first (ImageStatus); Always and absent images pull it."""
@@ -355,6 +364,20 @@ def _sandbox_config(config: SandboxConfig) -> pb.PodSandboxConfig:
         log_directory=config.log_directory,
         labels=labels,
         annotations=dict(config.annotations),
+        port_mappings=[
+            pb.PortMapping(
+                protocol=_PROTOCOLS[p.protocol],
+                container_port=p.container_port,
+                host_port=p.host_port,
+                host_ip=p.host_ip,
+            )
+            for p in config.port_mappings
+        ],
+        dns_config=(
+            pb.DNSConfig(servers=config.dns.servers, searches=config.dns.searches, options=config.dns.options)
+            if config.dns is not None
+            else None
+        ),
         linux=pb.LinuxPodSandboxConfig(
             cgroup_parent=config.cgroup_parent,
             security_context=pb.LinuxSandboxSecurityContext(

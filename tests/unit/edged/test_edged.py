@@ -157,8 +157,9 @@ async def test_env_and_volumes_come_from_the_store(store: MetaStore, tmp_path: P
     await edged(store, runtime, published, tmp_path).sync_once()
     [config] = configs
     assert config.env == {"CFG_mode": "fast", "CFG_level": "3", "TOKEN": "s3cr3t", "POD": "web"}
-    [mount] = config.mounts
+    [mount, hosts] = config.mounts
     assert mount.container_path == "/etc/app" and mount.readonly
+    assert hosts.container_path == "/etc/hosts" and "localhost" in Path(hosts.host_path).read_text()
     assert (Path(mount.host_path) / "mode").read_text() == "fast"
     assert config.resources.cpu_quota == 50_000 and config.resources.memory_limit_bytes == 64 * 2**20
 
