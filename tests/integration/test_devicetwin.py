@@ -313,12 +313,18 @@ async def test_devicetwin_resumes_after_the_broker_restarts(broker: Broker, edge
         with contextlib.suppress(asyncio.CancelledError):
             await streaming
 
+    # A last report after the stream: the mapper's reports arrive in order, so once this one is in the twin table
+    # and upstream, no earlier one still in flight in the broker can land after the checks below.
+    last = "9999999"  # sorts after every streamed value
+    tried.append(last)
+    await mapper.send(topics.twin_update(T1), report("temperature", last, "last"))
+
     # the latest value DeviceTwin took is in the twin table and went upstream last; each report counted in the
     # version, though reports handled in one batch send only their latest value up. (A batch may still be
-    # between its outbox write and its twin-table write when the stream stops: wait for it to finish.)
+    # between its outbox write and its twin-table write: wait for it to finish.)
     async def settled() -> bool:
         row = (await edge.twin.twins.get(T1))["temperature"]
-        return row.reported == reported_upstream(edge, "temperature")[-1]
+        return row.reported == last == reported_upstream(edge, "temperature")[-1]
 
     await eventually(settled)
     row = (await edge.twin.twins.get(T1))["temperature"]
