@@ -89,7 +89,12 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
         retry=RetryPolicy.from_config(config.modules.edge_controller),
         kubelet_port=config.common_config.tunnel_port if config.modules.cloud_stream.enable else None,
     )
-    autonomy = Autonomy(kube, placement.nodes) if config.modules.edge_controller.pod_autonomy else None
+    autonomy = Autonomy(kube, placement.nodes, placement.pods) if config.modules.edge_controller.pod_autonomy else None
+
+    def on_node(kind: str, node: dict[str, Any], before: dict[str, Any] | None) -> None:
+        placement.on_node(kind, node, before)
+        if autonomy is not None:
+            autonomy.on_node(kind, node, before)
 
     def on_pod(kind: str, pod: dict[str, Any], before: dict[str, Any] | None) -> None:
         placement.on_pod(kind, pod, before)
@@ -97,7 +102,7 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
             autonomy.on_pod(kind, pod, before)
 
     informers = [
-        Informer(kube, "/api/v1/nodes", name="nodes", handler=placement.on_node, query=[("labelSelector", EDGE_LABEL)]),
+        Informer(kube, "/api/v1/nodes", name="nodes", handler=on_node, query=[("labelSelector", EDGE_LABEL)]),
         Informer(kube, "/api/v1/pods", name="pods", handler=on_pod, query=[("fieldSelector", "spec.nodeName!=")]),
         Informer(kube, "/api/v1/configmaps", name="configmaps", handler=placement.on_configmap),
         Informer(kube, "/api/v1/secrets", name="secrets", handler=placement.on_secret),

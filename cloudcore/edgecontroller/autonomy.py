@@ -6,11 +6,16 @@ NotReady and taints it ``node.kubernetes.io/unreachable:NoExecute``, and after e
 controller deletes the pod. The edge, meanwhile, kept running it offline, as designed; when it comes back it
 would receive the deletion and kill a pod that was fine. That is KubeEdge's and OpenYurt's autonomy problem.
 
-The answer here is OpenYurt's: every pod bound to an edge node gets NoExecute tolerations of both taints
-without ``tolerationSeconds`` (the API allows changing tolerationSeconds of an existing toleration and adding
-new ones), so it is never evicted for being unreachable. A DaemonSet's pods already carry them. A pod with the
-annotation ``edge.kubage.io/autonomy: "false"`` is left alone and evicted as in any cluster, and
-``modules.edgeController.podAutonomy: false`` turns this off for all.
+The answer here is OpenYurt's, applied when it is needed: as soon as an edge node is at risk (it carries the
+``unreachable`` or ``not-ready`` NoExecute taint, or its Ready condition is not True), every pod bound to it
+gets NoExecute tolerations of both taints without ``tolerationSeconds`` (the API allows changing
+tolerationSeconds of an existing toleration and adding new ones), which cancels the eviction the taint
+scheduled; pods bound to a node already at risk get them at once. Pods of healthy nodes are left as they
+were created (a pod's spec, and so its ``metadata.generation``, changes only when its node is in trouble).
+The taint-eviction controller waits ``tolerationSeconds`` (300 s by default) after the taint before it
+deletes anything; CloudCore reacts to the taint within a watch event. A DaemonSet's pods already carry the
+tolerations. A pod with the annotation ``edge.kubage.io/autonomy: "false"`` is left alone and evicted as in
+any cluster, and ``modules.edgeController.podAutonomy: false`` turns this off for all.
 """
 
 from __future__ import annotations
@@ -52,22 +57,47 @@ def protected(tolerations: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     return out if changed else None
 
 
-class Autonomy:
-    """Patches the pods of edge nodes that lack the tolerations, one at a time, from the pod informer."""
+def at_risk(node: dict[str, Any]) -> bool:
+    """The node is, or is about to be, tainted for eviction: a NoExecute not-ready/unreachable taint, or a Ready
+    condition that is not True."""
+    taints = (node.get("spec") or {}).get("taints") or []
+    if any(t.get("key") in TAINTS and t.get("effect") == "NoExecute" for t in taints):
+        return True
+    conditions = {c.get("type"): c.get("status") for c in (node.get("status") or {}).get("conditions") or []}
+    return "Ready" in conditions and conditions["Ready"] != "True"
 
-    def __init__(self, kube: Kube, edge_nodes: dict[NodeName, Any]) -> None:
+
+class Autonomy:
+    """Patches the pods of edge nodes at risk that lack the tolerations, one at a time, from the informers."""
+
+    def __init__(
+        self, kube: Kube, edge_nodes: dict[NodeName, Any], pods: dict[NodeName, dict[Any, dict[str, Any]]]
+    ) -> None:
         self._kube = kube
         self._edge_nodes = edge_nodes  # Placement.nodes: edge nodes by name
+        self._pods = pods  # Placement.pods: the pods bound to each node
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE)
         self.patched = 0
-        self.skipped = 0  # queue full: the next event of the pod brings it back
+        self.skipped = 0  # queue full: the next event of the pod (or its node) brings it back
+
+    def on_node(self, kind: str, node: dict[str, Any], before: dict[str, Any] | None) -> None:
+        """A node that turns at risk: protect every pod it runs."""
+        if kind == DELETED or not at_risk(node):
+            return
+        for pod in list(self._pods.get(NodeName(node["metadata"]["name"]), {}).values()):
+            self._consider(pod)
 
     def on_pod(self, kind: str, pod: dict[str, Any], before: dict[str, Any] | None) -> None:
-        if kind == DELETED or pod["metadata"].get("deletionTimestamp"):
+        if kind == DELETED:
+            return
+        node = self._edge_nodes.get(NodeName((pod.get("spec") or {}).get("nodeName") or ""))
+        if node is not None and at_risk(node):
+            self._consider(pod)
+
+    def _consider(self, pod: dict[str, Any]) -> None:
+        if pod["metadata"].get("deletionTimestamp"):
             return
         if (pod["metadata"].get("annotations") or {}).get(OPT_OUT) == "false":
-            return
-        if NodeName((pod.get("spec") or {}).get("nodeName") or "") not in self._edge_nodes:
             return
         if protected((pod.get("spec") or {}).get("tolerations") or []) is None:
             return

@@ -233,6 +233,15 @@ async def test_a_daemonset_runs_one_pod_on_each_edge_node_and_a_job_completes(
         }
         failing = {**job, "metadata": {"name": "fails"}}
         failing["spec"] = json.loads(json.dumps(job["spec"]).replace('"echo done"', '"exit 3"'))
+        # a CronJob fires on the minute: created first, its run overlaps the rest of the test
+        cronjob = {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": "every-minute"},
+            "spec": {"schedule": "* * * * *", "successfulJobsHistoryLimit": 1, "jobTemplate": {"spec": job["spec"]}},
+        }
+        cronjobs = f"/apis/batch/v1/namespaces/{namespace}/cronjobs"
+        await kube.request("POST", cronjobs, body=cronjob)
         jobs = f"/apis/batch/v1/namespaces/{namespace}/jobs"
         await kube.request("POST", jobs, body=job)
         await kube.request("POST", jobs, body=failing)
@@ -241,6 +250,11 @@ async def test_a_daemonset_runs_one_pod_on_each_edge_node_and_a_job_completes(
         [done] = await pods(kube, namespace, "job-name=once")
         assert done["status"]["phase"] == "Succeeded"
         assert done["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+
+        async def cron_succeeded() -> bool:
+            return "lastSuccessfulTime" in (await kube.get(f"{cronjobs}/every-minute")).get("status", {})
+
+        await eventually(cron_succeeded, timeout=150)
 
 
 async def _job_condition(kube: Kube, path: str, kind: str) -> bool:
@@ -530,8 +544,9 @@ async def test_a_disconnected_edge_keeps_its_pods_and_an_opted_out_pod_is_evicte
     tmp_path: Path,
 ) -> None:
     """With the real node-lifecycle and taint-eviction controllers: the cut node goes NotReady and is tainted,
-    and a pod without kubage's tolerations is evicted from it, so eviction really happens here; the others
-    are never deleted and come back Ready with the same containers. The second node keeps the zone healthy
+    CloudCore then gives its pods kubage's tolerations (not before: a healthy node's pods stay as created), and
+    a pod that opted out is evicted, so eviction really happens here; the others are never deleted and come
+    back Ready with the same containers. The second node keeps the zone healthy
     (in a zone where every node is down, Kubernetes evicts nothing at all)."""
     namespace, zone = f"t-{uuid.uuid4().hex[:8]}", f"zone-{uuid.uuid4().hex[:6]}"
     await create_namespace(kube, namespace)
@@ -548,13 +563,15 @@ async def test_a_disconnected_edge_keeps_its_pods_and_an_opted_out_pod_is_evicte
             await kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body=pod)
         await eventually(lambda: _pod_ready(kube, namespace, "kept"), timeout=60)
         await eventually(lambda: _pod_ready(kube, namespace, "evicted"), timeout=60)
-        await eventually(lambda: _tolerates_for_ever(kube, namespace, "kept"), timeout=20)
-        before = _container_ids(await _pod(kube, namespace, "kept"))
+        healthy = await _pod(kube, namespace, "kept")
+        assert healthy["metadata"]["generation"] == 1  # a pod on a healthy node is left as it was created
+        before = _container_ids(healthy)
 
         proxy.refuse()
         proxy.cut()
         cut_for = NODE_MONITOR_GRACE_S + 3 * DEFAULT_TOLERATION_S
         await eventually(lambda: _tainted(kube, cut.node), timeout=NODE_MONITOR_GRACE_S + 30)
+        await eventually(lambda: _tolerates_for_ever(kube, namespace, "kept"), timeout=DEFAULT_TOLERATION_S)
         await eventually(lambda: _being_deleted(kube, namespace, "evicted"), timeout=3 * DEFAULT_TOLERATION_S)
         await asyncio.sleep(cut_for - NODE_MONITOR_GRACE_S)
         kept = await _pod(kube, namespace, "kept")

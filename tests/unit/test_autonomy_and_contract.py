@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cloudcore.edgecontroller.autonomy import protected
+from cloudcore.edgecontroller.autonomy import Autonomy, at_risk, protected
 from common import upstream
 from common.messages import new_message
 
@@ -30,6 +30,39 @@ def test_default_tolerations_lose_their_time_limit_and_missing_ones_are_added() 
     ]
     assert protected(protected(DEFAULTS) or []) is None  # done once: no patch loop
     assert protected([{"operator": "Exists"}]) is None  # tolerates everything already (a DaemonSet-like pod)
+
+
+def _node(ready: str, taints: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "edge-1"},
+        "spec": {"taints": taints or []},
+        "status": {"conditions": [{"type": "Ready", "status": ready}]},
+    }
+
+
+def _pod(name: str, **metadata: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1", **metadata},
+        "spec": {"nodeName": "edge-1"},
+    }
+
+
+async def test_only_the_pods_of_a_node_at_risk_are_queued_for_tolerations() -> None:
+    unreachable = {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}
+    assert not at_risk(_node("True")) and at_risk(_node("Unknown")) and at_risk(_node("True", [unreachable]))
+    assert not at_risk(_node("True", [{"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"}]))
+    nodes: dict[Any, Any] = {"edge-1": _node("True")}
+    pods: dict[Any, Any] = {
+        "edge-1": {"ns/a": _pod("a"), "ns/out": _pod("out", annotations={"edge.kubage.io/autonomy": "false"})}
+    }
+    autonomy = Autonomy(None, nodes, pods)  # type: ignore[arg-type]  # nothing is patched here: the queue is read
+    autonomy.on_pod("ADDED", pods["edge-1"]["ns/a"], None)
+    assert autonomy._queue.empty()  # a healthy node: the pod stays as it was created
+    nodes["edge-1"] = _node("Unknown", [unreachable])
+    autonomy.on_node("MODIFIED", nodes["edge-1"], None)
+    assert [autonomy._queue.get_nowait()["metadata"]["name"]] == ["a"] and autonomy._queue.empty()
+    autonomy.on_pod("ADDED", _pod("late"), None)  # bound while the node is unreachable: at once
+    assert autonomy._queue.get_nowait()["metadata"]["name"] == "late"
 
 
 def message(operation: str, resource: str, content: Any) -> Any:
