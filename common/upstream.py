@@ -553,7 +553,7 @@ def _node_status(value: object) -> dict[str, Any]:
 def _pod_status(content: dict[str, Any]) -> dict[str, Any]:
     status = _object(content.get("status"), "content.status")
     _conditions(status, "content.status")
-    for key in ("containerStatuses", "initContainerStatuses"):
+    for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"):
         _objects(status.get(key, []), f"content.status.{key}")
     phase = status.get("phase")
     if phase is not None:

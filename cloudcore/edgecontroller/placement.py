@@ -42,7 +42,8 @@ def pod_refs(pod: dict[str, Any]) -> set[Ref]:
         for source in (volume.get("projected") or {}).get("sources") or []:
             add("configmap", (source.get("configMap") or {}).get("name"))
             add("secret", (source.get("secret") or {}).get("name"))
-    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    for container in [*containers, *(spec.get("ephemeralContainers") or [])]:
         for env in container.get("env") or []:
             value_from = env.get("valueFrom") or {}
             add("configmap", (value_from.get("configMapKeyRef") or {}).get("name"))
@@ -57,8 +58,12 @@ def pod_refs(pod: dict[str, Any]) -> set[Ref]:
 
 def _without(obj: dict[str, Any], *, status: bool) -> dict[str, Any]:
     """What goes down: no managedFields (bulk nobody at the edge reads), and no status for pods and nodes
-    (the edge is where status comes from)."""
+    (the edge is where status comes from) but a pod's readiness-gate conditions."""
     out = {k: v for k, v in obj.items() if not (status and k == "status")}
+    gates = {g.get("conditionType") for g in (obj.get("spec") or {}).get("readinessGates") or []}
+    if status and gates:  # except the readiness-gate conditions others set: the edge computes Ready from them
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        out["status"] = {"conditions": [c for c in conditions if c.get("type") in gates]}
     metadata = obj.get("metadata") or {}
     if "managedFields" in metadata:
         out["metadata"] = {k: v for k, v in metadata.items() if k != "managedFields"}
