@@ -207,6 +207,7 @@ def _edged(
         ),
         events=events,
         kubernetes_service=edged_config.kubernetes_service,
+        allowed_unsafe_sysctls=frozenset(edged_config.allowed_unsafe_sysctls),
     )
     hub.add_change_listener(edged.wake)
     hub.add_connection_listener(edged.resend_statuses)

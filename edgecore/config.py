@@ -165,6 +165,9 @@ class Edged(ConfigModel):
     """Send the kubelet's events (Pulled, Started, Killing, BackOff, ...) up to the cluster."""
     event_backlog: int = Field(default=1000, ge=1)
     """Events waiting for the cloud at most while offline; newer ones are dropped and counted."""
+    allowed_unsafe_sysctls: list[str] = Field(default_factory=list)
+    """Sysctls outside the kubelet's safe set that pods may set (names, or prefixes ending in ``*``, e.g.
+    ``kernel.msg*``); a pod asking for any other is rejected with SysctlForbidden, as by the kubelet."""
 
     @model_validator(mode="after")
     def _labels_a_node_may_set(self) -> Self:

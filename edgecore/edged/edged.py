@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import shutil
@@ -26,7 +27,10 @@ from common import upstream
 from common.logging import get_logger
 from common.upstream import UpstreamPublisher
 from edgecore.edged import network as podnet
+from edgecore.edged import probes
+from edgecore.edged import security as podsecurity
 from edgecore.edged import spec as podspec
+from edgecore.edged import termination as podtermination
 from edgecore.edged import volumes as podvolumes
 from edgecore.edged.events import EventRecorder
 from edgecore.edged.runtime import (
@@ -47,7 +51,7 @@ from edgecore.edged.runtime import (
     SandboxInfo,
     SandboxState,
 )
-from edgecore.edged.status import Waiting, container_status, pod_status
+from edgecore.edged.status import Init, Terminal, Waiting, container_status, pod_status
 
 log = get_logger(__name__)
 
@@ -60,6 +64,18 @@ class PodStore(Protocol):
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+HOOK_TIMEOUT_S = 30.0  # a postStart hook's time limit (the kubelet has none; a hung hook must not hang the pod)
+
+
+@dataclass(frozen=True)
+class _PodContext:
+    """What one sync of a pod knows once its sandbox and volumes are there."""
+
+    pod: dict[str, Any]
+    sandbox: SandboxInfo
+    sandbox_config: SandboxConfig
+    own: list[ContainerInfo]  # the containers in its sandbox
+    volumes: dict[str, Path]
 
 
 @dataclass
@@ -105,6 +121,7 @@ class Edged:
         dns: podnet.DnsSettings | None = None,
         events: EventRecorder | None = None,
         kubernetes_service: str = "",
+        allowed_unsafe_sysctls: frozenset[str] = frozenset(),
     ) -> None:
         self.node_name = node_name
         self._store = store
@@ -121,6 +138,8 @@ class Edged:
         self._dns = dns or podnet.DnsSettings()
         self._events = events
         self._service_env = podspec.kubernetes_service_env(kubernetes_service)
+        self._unsafe_sysctls = allowed_unsafe_sysctls
+        self._prober = probes.Prober(runtime, self.wake)
         self._wake = asyncio.Event()
         self._backoffs: dict[tuple[str, str], _Backoff] = {}
         self._reported: dict[str, dict[str, Any]] = {}  # pod uid → last status published
@@ -157,6 +176,7 @@ class Edged:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            await self._prober.close()
 
     async def sync_once(self, *, wait: bool = True) -> None:
         """One round: every pod handed to its worker; with ``wait``, until the workers started now are done."""
@@ -178,6 +198,7 @@ class Edged:
         in_sandbox: dict[str, list[ContainerInfo]] = {}
         for container in containers:
             in_sandbox.setdefault(container.sandbox_id, []).append(container)
+        self._prober.forget({c.id for c in containers if c.state is ContainerState.RUNNING})
         started: list[asyncio.Task[None]] = []
         wanted = set()
         for pod in pods:
@@ -231,9 +252,18 @@ class Edged:
         if pod["metadata"].get("deletionTimestamp"):
             await self._terminate(pod, sandboxes, in_sandbox)
             return
-        specs = (pod.get("spec") or {}).get("containers") or []
+        spec = pod.get("spec") or {}
+        specs = spec.get("containers") or []
+        inits = spec.get("initContainers") or []
+        try:
+            sandbox_security = podsecurity.sandbox_security(pod, self._unsafe_sysctls)
+        except podsecurity.Rejected as exc:  # the kubelet's admission: the pod fails, nothing starts
+            await self._event(pod, "Warning", exc.reason, str(exc))
+            statuses = [container_status(c, None, None, Waiting("ContainerCreating")) for c in specs]
+            await self._report(pod, None, statuses, terminal=Terminal(exc.reason, str(exc)))
+            return
         sandbox = await self._current_sandbox(pod, sandboxes, in_sandbox)
-        sandbox_config = self._sandbox_config(pod, attempt=len(sandboxes))
+        sandbox_config = self._sandbox_config(pod, attempt=len(sandboxes), security=sandbox_security)
         own: list[ContainerInfo] = []
         if sandbox is None:
             sandbox = await self._start_sandbox(pod, sandbox_config, specs)
@@ -241,31 +271,153 @@ class Edged:
                 return
         else:
             own = in_sandbox.get(sandbox.id, [])
+        deadline = self._past_deadline(pod, sandbox)
+        if deadline is not None:
+            await self._stop_for_good(pod, sandbox, own, deadline)
+            return
         try:  # every sync, not only before a start: configmaps, labels and tokens reach running containers
             volumes = await self._volumes(pod, sandbox)
         except podspec.SpecError as exc:
             await self._event(pod, "Warning", "FailedMount", str(exc))
             blocked = Waiting("CreateContainerConfigError", str(exc))
             statuses = []
-            for spec in specs:
-                current = next(reversed(_history(own, spec)), None)
+            for container in specs:
+                current = next(reversed(_history(own, container)), None)
                 running = current is not None and current.state is ContainerState.RUNNING
-                statuses.append(container_status(spec, current, None, None if running else blocked))
+                statuses.append(self._status(pod, container, current, None, None if running else blocked))
             await self._report(pod, sandbox, statuses, waiting_on=str(exc))
             return
+        context = _PodContext(pod, sandbox, sandbox_config, own, volumes)
+        init = await self._sync_init_containers(context, inits)
+        if not init.done:
+            waiting = Waiting("PodInitializing")
+            statuses = [self._status(pod, c, next(reversed(_history(own, c)), None), None, waiting) for c in specs]
+            await self._report(pod, sandbox, statuses, init=init)
+            return
+        statuses = [await self._sync_one(context, container) for container in specs]
+        # Ephemeral containers (kubectl debug) are added to a running pod and never restarted.
+        debug = [await self._sync_one(context, c, restart="Never") for c in spec.get("ephemeralContainers") or []]
+        await self._report(pod, sandbox, statuses, init=init, ephemeral=debug)
+
+    async def _sync_init_containers(self, context: _PodContext, inits: list[dict[str, Any]]) -> Init:
+        """Init containers in order: each must succeed (a sidecar, ``restartPolicy: Always``, must have started)
+        before the next starts. Once all are done they are never run again while the pod's sandbox lives, also
+        after an EdgeCore restart: their exited instances are in the runtime, and say so."""
+        pod = context.pod
+        restart_policy = (pod.get("spec") or {}).get("restartPolicy", "Always")
+        statuses: list[dict[str, Any]] = []
+        blocked = False
+        failed = False
+        for container in inits:
+            history = _history(context.own, container)
+            latest = history[-1] if history else None
+            sidecar = container.get("restartPolicy") == "Always"
+            if blocked:
+                statuses.append(self._status(pod, container, latest, None, Waiting("PodInitializing")))
+                continue
+            exited = not sidecar and latest is not None and latest.state is ContainerState.EXITED
+            if exited and latest is not None and (latest.exit_code == 0 or restart_policy == "Never"):
+                done = self._status(pod, container, latest, None, None)
+                done["ready"] = latest.exit_code == 0  # an init container that succeeded counts as ready
+                statuses.append(done)
+                if latest.exit_code != 0:  # failed, and the pod never restarts: the pod fails
+                    failed = blocked = True
+                continue
+            status = await self._sync_one(context, container, restart="Always" if sidecar else "OnFailure")
+            statuses.append(status)
+            if not (sidecar and status.get("started")):
+                blocked = True
+        return Init(statuses, done=not blocked, failed=failed)
+
+    async def _sync_one(
+        self, context: _PodContext, container: dict[str, Any], *, restart: str | None = None
+    ) -> dict[str, Any]:
+        """One container brought to where it should be; its status."""
+        history = _history(context.own, container)
+        latest = history[-1] if history else None
+        previous = history[-2] if len(history) > 1 else None
+        outcome = await self._sync_container(
+            context.pod,
+            container,
+            sandbox=context.sandbox,
+            sandbox_config=context.sandbox_config,
+            history=history,
+            volumes=context.volumes,
+            restart=restart,
+        )
+        waiting = outcome if isinstance(outcome, Waiting) else None
+        if isinstance(outcome, ContainerInfo):
+            previous, latest = latest, outcome
+        return self._status(context.pod, container, latest, previous, waiting, sandbox=context.sandbox)
+
+    def _status(
+        self,
+        pod: dict[str, Any],
+        container: dict[str, Any],
+        latest: ContainerInfo | None,
+        previous: ContainerInfo | None,
+        waiting: Waiting | None,
+        *,
+        sandbox: SandboxInfo | None = None,
+    ) -> dict[str, Any]:
+        """The container's status, with its probes' verdicts and its instances' termination messages."""
+        pod_dir = self._root / "pods" / pod["metadata"]["uid"]
+        latest, previous = (self._with_message(pod_dir, container, i) for i in (latest, previous))
+        ready = started = True
+        if latest is not None and latest.state is ContainerState.RUNNING and sandbox is not None:
+            target = self._probe_target(pod, container, sandbox, latest)
+            verdict = self._prober.ensure(container, target, time.monotonic(), self._unhealthy(pod, container))
+            ready, started = verdict.ready, verdict.started
+        return container_status(container, latest, previous, waiting, ready=ready, started=started)
+
+    def _unhealthy(self, pod: dict[str, Any], container: dict[str, Any]) -> Callable[[str], Awaitable[None]]:
+        async def event(message: str) -> None:
+            await self._event(pod, "Warning", "Unhealthy", message, container=container["name"])
+
+        return event
+
+    @staticmethod
+    def _with_message(pod_dir: Path, container: dict[str, Any], info: ContainerInfo | None) -> ContainerInfo | None:
+        if info is None or info.state is not ContainerState.EXITED or info.message:
+            return info
+        text = podtermination.message(pod_dir, container, info.attempt, info.exit_code, info.log_path)
+        return dataclasses.replace(info, message=text) if text else info
+
+    def _probe_target(
+        self, pod: dict[str, Any], container: dict[str, Any], sandbox: SandboxInfo, info: ContainerInfo
+    ) -> probes.Target:
+        pod_ip = self._runtime_status(pod, sandbox)["podIP"] or "127.0.0.1"
+        named = {str(p["name"]): int(p["containerPort"]) for p in container.get("ports") or [] if p.get("name")}
+        return probes.Target(info.id, pod_ip, named)
+
+    def _past_deadline(self, pod: dict[str, Any], sandbox: SandboxInfo) -> Terminal | None:
+        """``activeDeadlineSeconds``: counted from the pod's start on this node (its first sandbox)."""
+        seconds = (pod.get("spec") or {}).get("activeDeadlineSeconds")
+        if seconds is None or not sandbox.created_at_ns:
+            return None
+        if time.time() - sandbox.created_at_ns / 1e9 < int(seconds):
+            return None
+        return Terminal("DeadlineExceeded", "Pod was active on the node longer than the specified deadline")
+
+    async def _stop_for_good(
+        self, pod: dict[str, Any], sandbox: SandboxInfo, own: list[ContainerInfo], terminal: Terminal
+    ) -> None:
+        """The pod failed on the node's decision: stop its containers, keep them (for their logs), report."""
+        running = [c for c in own if c.state is ContainerState.RUNNING]
+        if running:
+            await self._event(pod, "Normal", terminal.reason, terminal.message)
+        grace = int((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+        await asyncio.gather(*(self._runtime.stop_container(c.id, grace) for c in running))
+        specs = (pod.get("spec") or {}).get("containers") or []
         statuses = []
-        for spec in specs:
-            mine = _history(own, spec)
-            latest = mine[-1] if mine else None
-            previous = mine[-2] if len(mine) > 1 else None
-            outcome = await self._sync_container(
-                pod, spec, sandbox=sandbox, sandbox_config=sandbox_config, history=mine, volumes=volumes
-            )
-            waiting = outcome if isinstance(outcome, Waiting) else None
-            if isinstance(outcome, ContainerInfo):
-                previous, latest = latest, outcome
-            statuses.append(container_status(spec, latest, previous, waiting))
-        await self._report(pod, sandbox, statuses)
+        for container in specs:
+            latest = None
+            history = _history(own, container)
+            if history:
+                with contextlib.suppress(ContainerRuntimeError):
+                    latest = await self._runtime.container_status(history[-1].id)
+            statuses.append(self._status(pod, container, latest, None, None))
+        await self._report(pod, sandbox, statuses, terminal=terminal)
 
     async def _current_sandbox(
         self, pod: dict[str, Any], sandboxes: list[SandboxInfo], in_sandbox: dict[str, list[ContainerInfo]]
@@ -347,17 +499,24 @@ class Edged:
         sandbox_config: SandboxConfig,
         history: list[ContainerInfo],
         volumes: dict[str, Path],
+        restart: str | None = None,
     ) -> ContainerInfo | Waiting | None:
-        """Start or restart the container if it should run: its new state, why it waits, or None (no change)."""
+        """Start or restart the container if it should run: its new state, why it waits, or None (no change).
+
+        ``restart``: the restart policy for this container when it is not the pod's (init containers)."""
         latest = history[-1] if history else None
         name = spec["name"]
         if latest is not None and latest.state is ContainerState.RUNNING:
-            return None
+            target = self._probe_target(pod, spec, sandbox, latest)
+            failed = self._prober.ensure(spec, target, time.monotonic(), self._unhealthy(pod, spec)).live_failed
+            if not failed:
+                return None
+            latest = await self._kill_unhealthy(pod, spec, sandbox, latest, failed)
         if latest is not None and latest.state is ContainerState.CREATED:
             await self._runtime.start_container(latest.id)
             return await self._runtime.container_status(latest.id)
         if latest is not None:
-            gate = self._may_restart(pod, spec, latest)
+            gate = self._may_restart(pod, spec, latest, restart)
             if isinstance(gate, Waiting):
                 await self._event(
                     pod,
@@ -368,37 +527,121 @@ class Edged:
                 )
             if gate is not True:
                 return gate or None
+        return await self._start_container(
+            pod,
+            spec,
+            sandbox=sandbox,
+            sandbox_config=sandbox_config,
+            history=history,
+            volumes=volumes,
+        )
+
+    async def _start_container(
+        self,
+        pod: dict[str, Any],
+        spec: dict[str, Any],
+        *,
+        sandbox: SandboxInfo,
+        sandbox_config: SandboxConfig,
+        history: list[ContainerInfo],
+        volumes: dict[str, Path],
+    ) -> ContainerInfo | Waiting:
+        """A new instance: image, config (security context checked against the image's user), create, start,
+        postStart. Why it cannot start is a Waiting reason, as the kubelet reports it."""
+        name = spec["name"]
         policy = _pull_policy(spec)
+        attempt = (history[-1].attempt + 1) if history else 0
         try:
-            config = await self._container_config(
-                pod, spec, sandbox, attempt=(latest.attempt + 1) if latest else 0, volumes=volumes
-            )
-            await self._runtime.ensure_image(spec["image"], policy)
-        except podspec.SpecError as exc:
-            await self._event(pod, "Warning", "Failed", f"Error: {exc}", container=name)
-            return Waiting("CreateContainerConfigError", str(exc))
+            image = await self._runtime.ensure_image(spec["image"], policy)
         except ImageError as exc:
             reason = "ErrImageNeverPull" if policy == "Never" else "ImagePullBackOff"
             await self._event(pod, "Warning", reason, str(exc), container=name)
             return Waiting(reason, str(exc))
+        try:
+            security = podsecurity.container_security(pod, spec, image_uid=image.uid, image_user=image.username)
+            config = await self._container_config(
+                pod, spec, sandbox, attempt=attempt, volumes=volumes, security=security
+            )
+        except (podspec.SpecError, podsecurity.SecurityError) as exc:
+            await self._event(pod, "Warning", "Failed", f"Error: {exc}", container=name)
+            return Waiting("CreateContainerConfigError", str(exc))
         if policy != "Always":
             await self._event(
                 pod, "Normal", "Pulled", f'Container image "{spec["image"]}" already present on machine', container=name
             )
-        container_id = await self._runtime.create_container(sandbox.id, config, sandbox_config)
+        try:
+            container_id = await self._runtime.create_container(sandbox.id, config, sandbox_config)
+        except ContainerRuntimeError as exc:
+            await self._event(pod, "Warning", "Failed", f"Error: {exc}", container=name)
+            return Waiting("CreateContainerError", str(exc))
         await self._event(pod, "Normal", "Created", f"Created container: {name}", container=name)
-        await self._runtime.start_container(container_id)
-        await self._event(pod, "Normal", "Started", f"Started container {name}", container=name)
+        try:
+            await self._runtime.start_container(container_id)
+        except ContainerRuntimeError as exc:  # e.g. the command is not in the image: the instance is there, exited
+            await self._event(pod, "Warning", "Failed", f"Error: {exc}", container=name)
+            log.warning("container_start_failed", pod=_name(pod), container=name, error=str(exc))
+        else:
+            await self._event(pod, "Normal", "Started", f"Started container {name}", container=name)
         self.stats.containers_started += 1
         for old in history[:-1]:  # keep the last exited instance for lastState, remove older ones
             with contextlib.suppress(ContainerRuntimeError):
                 await self._runtime.remove_container(old.id)
         log.info("container_started", pod=_name(pod), container=name, attempt=config.attempt)
-        return await self._runtime.container_status(container_id)
+        started = await self._runtime.container_status(container_id)
+        post_start = (spec.get("lifecycle") or {}).get("postStart")
+        if post_start and started.state is ContainerState.RUNNING:
+            target = self._probe_target(pod, spec, sandbox, started)
+            verdict = await probes.run_action(post_start, target, self._runtime, HOOK_TIMEOUT_S)
+            if not verdict.ok:
+                message = f"PostStartHook failed: {verdict.message}".strip()
+                await self._event(pod, "Warning", "FailedPostStartHook", message, container=name)
+                await self._runtime.stop_container(container_id, 0)
+                started = await self._runtime.container_status(container_id)
+        return started
 
-    def _may_restart(self, pod: dict[str, Any], spec: dict[str, Any], exited: ContainerInfo) -> Waiting | bool:
+    async def _kill_unhealthy(
+        self, pod: dict[str, Any], spec: dict[str, Any], sandbox: SandboxInfo, info: ContainerInfo, why: str
+    ) -> ContainerInfo:
+        """A liveness (or startup) probe gave up: stop the container like a deletion would (preStop, grace),
+        so the restart policy decides what comes next."""
+        name = spec["name"]
+        kind = "startup" if why.startswith("Startup") else "liveness"
+        await self._event(
+            pod, "Normal", "Killing", f"Container {name} failed {kind} probe, will be restarted", container=name
+        )
+        probe = spec.get(f"{kind}Probe") or {}
+        grace = probe.get("terminationGracePeriodSeconds")
+        if grace is None:
+            grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+        await self._stop_container(pod, spec, sandbox, info, int(grace))
+        self._prober.forget_one(info.id)
+        return await self._runtime.container_status(info.id)
+
+    async def _stop_container(
+        self,
+        pod: dict[str, Any],
+        spec: dict[str, Any] | None,
+        sandbox: SandboxInfo | None,
+        info: ContainerInfo,
+        grace: int,
+    ) -> None:
+        """preStop (within the grace period), then the runtime's stop with what is left of it."""
+        started = time.monotonic()
+        pre_stop = ((spec or {}).get("lifecycle") or {}).get("preStop")
+        if pre_stop and sandbox is not None and spec is not None and grace > 0:
+            target = self._probe_target(pod, spec, sandbox, info)
+            verdict = await probes.run_action(pre_stop, target, self._runtime, float(grace))
+            if not verdict.ok:
+                message = f"PreStopHook failed: {verdict.message}".strip()
+                await self._event(pod, "Warning", "FailedPreStopHook", message, container=spec["name"])
+        left = max(0, grace - int(time.monotonic() - started))
+        await self._runtime.stop_container(info.id, left)
+
+    def _may_restart(
+        self, pod: dict[str, Any], spec: dict[str, Any], exited: ContainerInfo, policy: str | None = None
+    ) -> Waiting | bool:
         """restartPolicy, then CrashLoopBackOff: the first restart is immediate, later ones wait 10 s, 20 s, …"""
-        policy = (pod.get("spec") or {}).get("restartPolicy", "Always")
+        policy = policy or (pod.get("spec") or {}).get("restartPolicy", "Always")
         if policy == "Never" or (policy == "OnFailure" and exited.exit_code == 0):
             return False
         backoff = self._backoffs.setdefault((pod["metadata"]["uid"], spec["name"]), _Backoff(self._restart_backoff))
@@ -425,13 +668,24 @@ class Edged:
             or (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
         )
         specs = (pod.get("spec") or {}).get("containers") or []
+        spec = pod.get("spec") or {}
+        by_name = {
+            c["name"]: c
+            for c in [*(spec.get("initContainers") or []), *specs, *(spec.get("ephemeralContainers") or [])]
+        }
         containers = [c for s in sandboxes for c in in_sandbox.get(s.id, [])]
         running = [c for c in containers if c.state is ContainerState.RUNNING]
+        sandbox = next((s for s in sandboxes if s.state is SandboxState.READY), None)
         for container in running:
             await self._event(
                 pod, "Normal", "Killing", f"Stopping container {container.name}", container=container.name
             )
-        await asyncio.gather(*(self._runtime.stop_container(c.id, grace) for c in running))
+        if running and sandbox is not None:  # not ready while it stops (its endpoints go at once), as the kubelet
+            stopping = [self._status(pod, c, next(reversed(_history(containers, c)), None), None, None) for c in specs]
+            for status in stopping:
+                status["ready"] = False
+            await self._report(pod, sandbox, stopping)
+        await asyncio.gather(*(self._stop_container(pod, by_name.get(c.name), sandbox, c, grace) for c in running))
         final = []
         for spec in specs:
             mine = _history(containers, spec)
@@ -439,7 +693,7 @@ class Edged:
             if mine:
                 with contextlib.suppress(ContainerRuntimeError):
                     latest = await self._runtime.container_status(mine[-1].id)
-            final.append(container_status(spec, latest, None, None))
+            final.append(self._status(pod, spec, latest, None, None))
         if final and all("terminated" in s["state"] for s in final):
             await self._report({**pod, "spec": {**pod["spec"], "restartPolicy": "Never"}}, None, final)
         await self._remove_pod(uid, sandboxes, in_sandbox, 0)
@@ -452,6 +706,7 @@ class Edged:
     ) -> None:
         for sandbox in sandboxes:
             await self._remove_sandbox(sandbox, in_sandbox.get(sandbox.id, []), grace_s=grace_s)
+        podvolumes.release(self._root / "pods" / uid)
         shutil.rmtree(self._root / "pods" / uid, ignore_errors=True)
         for controller in self._cgroup_root.glob("*"):
             with contextlib.suppress(OSError):  # containerd leaves the parent cgroup behind
@@ -480,7 +735,9 @@ class Edged:
         m = pod["metadata"]
         return self._root / "logs" / "pods" / f"{m.get('namespace', 'default')}_{m['name']}_{m['uid']}"
 
-    def _sandbox_config(self, pod: dict[str, Any], *, attempt: int) -> SandboxConfig:
+    def _sandbox_config(
+        self, pod: dict[str, Any], *, attempt: int, security: podsecurity.SandboxSecurity
+    ) -> SandboxConfig:
         m, spec = pod["metadata"], pod.get("spec") or {}
         host_network = bool(spec.get("hostNetwork"))
         log_dir = self._log_dir(pod)
@@ -490,7 +747,7 @@ class Edged:
             namespace=m.get("namespace", "default"),
             uid=m["uid"],
             attempt=attempt,
-            hostname="" if host_network else podnet.hostname(pod),
+            hostname="" if host_network else podnet.hostname(pod, self._dns.cluster_domain),
             host_network=host_network,
             log_directory=str(log_dir),
             cgroup_parent=f"/kubepods/pod{m['uid']}",
@@ -502,6 +759,7 @@ class Edged:
             },
             port_mappings=_port_mappings(spec),
             dns=podnet.dns_config(pod, self._dns),
+            security=security,
         )
 
     async def _container_config(
@@ -512,13 +770,17 @@ class Edged:
         *,
         attempt: int,
         volumes: dict[str, Path],
+        security: podsecurity.ContainerSecurity,
     ) -> ContainerConfig:
         m = pod["metadata"]
         status = self._runtime_status(pod, sandbox)
         env = await podspec.environment(pod, spec, self._lookup, status=status, base=self._service_env)
-        mounts = podspec.mounts(spec, volumes)
+        mounts = podspec.mounts(spec, volumes, env)
+        pod_dir = self._root / "pods" / m["uid"]
         if not any(mount.container_path == "/etc/hosts" for mount in mounts):  # the kubelet's managed /etc/hosts
-            mounts.append(Mount(str(self._root / "pods" / m["uid"] / "etc-hosts"), "/etc/hosts"))
+            mounts.append(Mount(str(pod_dir / "etc-hosts"), "/etc/hosts"))
+        message_file, message_path = podtermination.prepare(pod_dir, spec, attempt)
+        mounts.append(Mount(str(message_file), message_path))
         return ContainerConfig(
             name=spec["name"],
             image=spec["image"],
@@ -536,6 +798,10 @@ class Edged:
                 POD_UID: m["uid"],
                 CONTAINER_NAME: spec["name"],
             },
+            security=security,
+            stdin=bool(spec.get("stdin")),
+            stdin_once=bool(spec.get("stdinOnce")),
+            tty=bool(spec.get("tty")),
         )
 
     async def _lookup(self, kind: str, namespace: str, name: str) -> Any:
@@ -554,9 +820,23 @@ class Edged:
         containers: list[dict[str, Any]],
         *,
         waiting_on: str = "",
+        init: Init | None = None,
+        terminal: Terminal | None = None,
+        ephemeral: list[dict[str, Any]] | None = None,
     ) -> None:
         m = pod["metadata"]
-        status = pod_status(pod, sandbox, containers, host_ip=self._host_ip, now=_now(), waiting_on=waiting_on)
+        status = pod_status(
+            pod,
+            sandbox,
+            containers,
+            host_ip=self._host_ip,
+            now=_now(),
+            waiting_on=waiting_on,
+            init=init,
+            terminal=terminal,
+        )
+        if ephemeral:
+            status["ephemeralContainerStatuses"] = ephemeral
         comparable = {
             **status,
             "conditions": [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status["conditions"]],

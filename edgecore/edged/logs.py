@@ -81,9 +81,10 @@ class LogLine:
     time_text: str
     stream: str
     content: bytes  # without the newline
+    full: bool = True  # a ``P`` record is part of a line, written without a newline, as the kubelet does
 
     def render(self, timestamps: bool) -> bytes:
-        line = self.content + b"\n"
+        line = self.content + (b"\n" if self.full else b"")
         return self.time_text.encode() + b" " + line if timestamps else line
 
 
@@ -103,18 +104,17 @@ def parse_time(text: str) -> int | None:
 
 
 class LineAssembler:
-    """CRI records in, whole lines out: partial records are held until their ``F`` record arrives."""
+    """CRI records in, log records out, one each: a partial record (``P``, a long line split, or output with no
+    newline yet) goes out as it is, without a newline, so output that never ends its line is still shown."""
 
     def __init__(self) -> None:
-        self._pending: dict[str, tuple[str, int, bytearray]] = {}
         self._rest = b""
 
     def reset(self) -> None:
-        self._pending.clear()
         self._rest = b""
 
     def feed(self, data: bytes) -> list[LogLine]:
-        """Lines completed by ``data`` (raw bytes of the file; a record cut off at the end waits for more)."""
+        """Records completed by ``data`` (raw bytes of the file; a record cut off at the end waits for more)."""
         data = self._rest + data
         *records, self._rest = data.split(b"\n")
         out = []
@@ -124,25 +124,20 @@ class LineAssembler:
                 out.append(line)
         return out
 
-    def _record(self, record: bytes) -> LogLine | None:
+    @staticmethod
+    def _record(record: bytes) -> LogLine | None:
         parts = record.split(b" ", 3)
         if len(parts) < 3:
             return None  # not a CRI record: skip it rather than fail the whole log
         time_text, stream, tag = parts[0].decode(errors="replace"), parts[1].decode(errors="replace"), parts[2]
-        content = parts[3] if len(parts) == 4 else b""
         time_ns = parse_time(time_text)
         if time_ns is None:
             return None
-        first_time, first_ns, buffer = self._pending.pop(stream, (time_text, time_ns, bytearray()))
-        buffer += content
-        if tag == b"P":
-            self._pending[stream] = (first_time, first_ns, buffer)
-            return None
-        return LogLine(first_ns, first_time, stream, bytes(buffer))
+        return LogLine(time_ns, time_text, stream, parts[3] if len(parts) == 4 else b"", full=tag != b"P")
 
 
 def read_lines(path: Path) -> Iterator[LogLine]:
-    """Every whole line in the file, in order."""
+    """Every record in the file, in order."""
     assembler = LineAssembler()
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):

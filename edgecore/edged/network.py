@@ -225,9 +225,22 @@ def dns_config(pod: dict[str, Any], s: DnsSettings) -> DnsConfig:
 # --- /etc/hosts ------------------------------------------------------------------------------------------
 
 
-def hostname(pod: dict[str, Any]) -> str:
+def hostname(pod: dict[str, Any], cluster_domain: str = "cluster.local") -> str:
+    """The pod's hostname: ``hostnameOverride``, else ``hostname`` or the pod's name (its FQDN with
+    ``setHostnameAsFQDN`` and a subdomain), as the kubelet sets it."""
     spec = pod.get("spec") or {}
-    return str(spec.get("hostname") or pod["metadata"]["name"])[:63]
+    if spec.get("hostnameOverride"):
+        return str(spec["hostnameOverride"])
+    name = str(spec.get("hostname") or pod["metadata"]["name"])[:63]
+    if spec.get("setHostnameAsFQDN") and spec.get("subdomain"):
+        return _fqdn(pod, name, cluster_domain)
+    return name
+
+
+def _fqdn(pod: dict[str, Any], name: str, domain: str) -> str:
+    spec = pod.get("spec") or {}
+    namespace = pod["metadata"].get("namespace", "default")
+    return f"{name}.{spec['subdomain']}.{namespace}.svc.{domain}"
 
 
 def hosts_file(pod: dict[str, Any], pod_ip: str, s: DnsSettings, host_hosts: Path = Path("/etc/hosts")) -> str:
@@ -240,11 +253,11 @@ def hosts_file(pod: dict[str, Any], pod_ip: str, s: DnsSettings, host_hosts: Pat
         except OSError:
             base = "# Kubernetes-managed hosts file (host network).\n" + LOCAL_HOSTS
     else:
-        name = hostname(pod)
+        name = hostname(pod, s.cluster_domain)
         own = name
-        if spec.get("subdomain"):
-            namespace = pod["metadata"].get("namespace", "default")
-            own = f"{name}.{spec['subdomain']}.{namespace}.svc.{s.cluster_domain}\t{name}"
+        if spec.get("subdomain") and not spec.get("hostnameOverride"):
+            short = str(spec.get("hostname") or pod["metadata"]["name"])[:63]
+            own = f"{_fqdn(pod, short, s.cluster_domain)}\t{short}"
         base = HOSTS_HEADER + LOCAL_HOSTS + (f"{pod_ip}\t{own}\n" if pod_ip else "")
     aliases = spec.get("hostAliases") or []
     if aliases:

@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from edgecore.edged.security import ContainerSecurity, SandboxSecurity
+
 # Labels every sandbox and container carries, as the kubelet sets them: how Edged finds its own after a
 # restart (adoption) without any state of its own outside SQLite.
 POD_NAME = "io.kubernetes.pod.name"
@@ -93,6 +95,7 @@ class SandboxConfig:
     annotations: dict[str, str] = field(default_factory=dict)
     port_mappings: tuple[PortMapping, ...] = ()
     dns: DnsConfig | None = None
+    security: SandboxSecurity = field(default_factory=SandboxSecurity)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,19 @@ class ContainerConfig:
     resources: Resources = field(default_factory=Resources)
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    security: ContainerSecurity = field(default_factory=ContainerSecurity)
+    stdin: bool = False  # the spec's stdin, stdinOnce and tty: kubectl attach and debug sessions need them
+    stdin_once: bool = False
+    tty: bool = False
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image present on the node: its id (``imageID`` in the status) and the user its config names."""
+
+    id: str
+    uid: int | None = None  # a numeric USER
+    username: str = ""  # a USER by name
 
 
 @dataclass(frozen=True)
@@ -137,6 +153,7 @@ class ContainerInfo:
     reason: str = ""  # e.g. "Completed", "Error", "OOMKilled"
     message: str = ""
     log_path: str = ""  # absolute path of the CRI log file
+    image_id: str = ""  # the image's digest (CRI image_ref): imageID in the status
 
 
 class ContainerRuntime(Protocol):
@@ -145,7 +162,7 @@ class ContainerRuntime(Protocol):
     async def network_ready(self) -> tuple[bool, str]:
         """Whether pods outside the host network can get a network (the runtime's NetworkReady), and why not."""
 
-    async def ensure_image(self, image: str, pull_policy: str) -> None:
+    async def ensure_image(self, image: str, pull_policy: str) -> ImageInfo:
         """Make ``image`` available under ``pull_policy`` (Always, IfNotPresent, Never); ImageError if not."""
 
     async def run_sandbox(self, config: SandboxConfig) -> str: ...
@@ -158,6 +175,9 @@ class ContainerRuntime(Protocol):
     async def list_sandboxes(self) -> list[SandboxInfo]: ...
     async def list_containers(self, sandbox_id: str | None = None) -> list[ContainerInfo]: ...
     async def container_status(self, container_id: str) -> ContainerInfo: ...
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout_s: int) -> ExecResult:
+        """Run ``cmd`` in the container and wait (exec probes and hooks)."""
+
     async def close(self) -> None: ...
 
 

@@ -199,7 +199,8 @@ NODE_CAPACITY = {"cpu": Decimal(os.cpu_count() or 1), "memory": Decimal(0), "eph
 def resource_value(pod: dict[str, Any], container_name: str, resource: str, divisor: object) -> str:
     """A downward-API ``resourceFieldRef`` (limits.cpu, requests.memory, …) divided by ``divisor`` and rounded
     up, as the kubelet computes it; an unset limit is the node's capacity, an unset request 0 (cpu: the limit)."""
-    containers = (pod.get("spec") or {}).get("containers") or []
+    spec = pod.get("spec") or {}
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
     container = next((c for c in containers if c.get("name") == container_name), None)
     if container is None:
         raise SpecError(f"resourceFieldRef: no container {container_name!r} in the pod")
@@ -216,7 +217,9 @@ def resource_value(pod: dict[str, Any], container_name: str, resource: str, divi
     else:
         amount = Decimal(0)
     by = parse_quantity(str(divisor)) if divisor not in (None, "", 0) else Decimal(1)
-    if by <= 0:
+    if by == 0:  # the API server defaults an unset divisor to "0": it means 1, as in the kubelet
+        by = Decimal(1)
+    if by < 0:
         raise SpecError(f"resourceFieldRef: divisor must be positive, got {divisor!r}")
     return str(int((amount / by).to_integral_value(rounding=ROUND_CEILING)))
 
@@ -231,13 +234,30 @@ def _memory_bytes() -> int:
     return 0
 
 
-def mounts(container: dict[str, Any], volumes: dict[str, Path]) -> list[Mount]:
+def mounts(container: dict[str, Any], volumes: dict[str, Path], env: dict[str, str] | None = None) -> list[Mount]:
+    """The container's volumeMounts on the host: ``subPath`` (or ``subPathExpr``, expanded with the container's
+    environment) names a directory inside the volume, created when missing, as the kubelet does."""
     out = []
     for mount in container.get("volumeMounts") or []:
         host = volumes.get(mount["name"])
         if host is None:
             raise SpecError(f"container {container['name']}: volumeMount {mount['name']!r} has no volume")
-        if mount.get("subPath"):
-            host = host / mount["subPath"]
+        sub = str(mount.get("subPath") or "")
+        if mount.get("subPathExpr"):
+            sub = expand(str(mount["subPathExpr"]), env or {})
+        if sub:
+            if Path(sub).is_absolute() or ".." in Path(sub).parts:
+                raise SpecError(f"container {container['name']}: subPath {sub!r} must be relative, inside the volume")
+            target = host / sub
+            if not target.exists() and not target.is_symlink():
+                target.mkdir(parents=True, exist_ok=True)
+                # As the kubelet makes it: anyone may write, only owners delete (sticky), and the volume's group
+                # (fsGroup) passes on when the volume's directory has set-group-ID.
+                target.chmod(0o1777 | (host.stat().st_mode & 0o2000))
+            elif os.path.realpath(target) != str(target.resolve()) or not str(target.resolve()).startswith(
+                str(host.resolve())
+            ):
+                raise SpecError(f"container {container['name']}: subPath {sub!r} leads outside its volume")
+            host = target
         out.append(Mount(str(host), mount["mountPath"], bool(mount.get("readOnly"))))
     return out

@@ -22,12 +22,22 @@ class Waiting:
 
 
 def container_status(
-    spec: dict[str, Any], latest: ContainerInfo | None, previous: ContainerInfo | None, waiting: Waiting | None
+    spec: dict[str, Any],
+    latest: ContainerInfo | None,
+    previous: ContainerInfo | None,
+    waiting: Waiting | None,
+    *,
+    ready: bool = True,
+    started: bool = True,
 ) -> dict[str, Any]:
+    """``ready``/``started``: what the container's readiness and startup probes say while it runs.
+
+    ``lastState`` is the instance before the one in ``state``: with ``waiting`` (a restart to come) that is
+    ``latest`` itself when it has exited, not an older one."""
     status: dict[str, Any] = {
         "name": spec["name"],
         "image": spec.get("image", ""),
-        "imageID": "",
+        "imageID": latest.image_id if latest is not None else "",
         "ready": False,
         "restartCount": latest.attempt if latest is not None else 0,
         "started": False,
@@ -36,6 +46,8 @@ def container_status(
     }
     if latest is not None:
         status["containerID"] = f"containerd://{latest.id}"
+    if waiting is not None and latest is not None and latest.state is ContainerState.EXITED:
+        previous = latest
     if previous is not None and previous.state is ContainerState.EXITED:
         status["lastState"] = {"terminated": _terminated(previous)}
     if waiting is not None:
@@ -46,7 +58,8 @@ def container_status(
         status["state"] = {"waiting": {"reason": "ContainerCreating"}}
     elif latest.state is ContainerState.RUNNING:
         status["state"] = {"running": {"startedAt": rfc3339(latest.started_at_ns)}}
-        status["ready"] = status["started"] = True
+        status["started"] = started
+        status["ready"] = ready and started
     elif latest.state is ContainerState.EXITED:
         status["state"] = {"terminated": _terminated(latest)}
     else:
@@ -86,6 +99,23 @@ def phase(restart_policy: str, statuses: list[dict[str, Any]]) -> str:
     return "Running" if restart_policy == "OnFailure" else "Failed"
 
 
+@dataclass(frozen=True)
+class Init:
+    """Where the pod's init containers are: their statuses, whether all are done, whether one failed for good."""
+
+    statuses: list[dict[str, Any]]
+    done: bool = True
+    failed: bool = False  # restartPolicy Never and an init container failed: the pod fails
+
+
+@dataclass(frozen=True)
+class Terminal:
+    """The pod ended on the node's decision (a deadline, an admission refusal): phase Failed with a reason."""
+
+    reason: str
+    message: str
+
+
 def pod_status(
     pod: dict[str, Any],
     sandbox: SandboxInfo | None,
@@ -94,18 +124,44 @@ def pod_status(
     host_ip: str,
     now: str,
     waiting_on: str = "",
+    init: Init | None = None,
+    terminal: Terminal | None = None,
 ) -> dict[str, Any]:
     """``waiting_on``: why the pod cannot start its containers (a volume the edge cannot provide, say)."""
     spec = pod.get("spec") or {}
+    init = init or Init([])
     current_phase = phase(spec.get("restartPolicy", "Always"), containers)
-    ready = bool(containers) and all(c["ready"] for c in containers)
-    unready = [c["name"] for c in containers if not c["ready"]]
+    if not init.done:
+        current_phase = "Failed" if init.failed else "Pending"
+    if terminal is not None:
+        current_phase = "Failed"
+    sidecars = [s for s, c in zip(init.statuses, spec.get("initContainers") or [], strict=False) if _restartable(c)]
+    containers_ready = init.done and bool(containers) and all(c["ready"] for c in [*containers, *sidecars])
+    unready = [c["name"] for c in [*sidecars, *containers] if not c["ready"]]
     not_ready = {"reason": "ContainersNotReady", "message": f"containers with unready status: [{' '.join(unready)}]"}
     if current_phase in ("Succeeded", "Failed"):
         not_ready = {"reason": "PodCompleted", "message": ""}
+    gate = _unmet_readiness_gate(pod)
+    ready = containers_ready and gate is None
+    pod_not_ready = (
+        not_ready if not containers_ready or gate is None else {"reason": "ReadinessGatesNotReady", "message": gate}
+    )
     sandbox_ready: dict[str, str] = {"status": str(sandbox is not None)}
     if waiting_on:
         sandbox_ready = {"status": "False", "reason": "VolumesNotReady", "message": waiting_on}
+    initialized: dict[str, str] = {"status": "True"}
+    if not init.done:
+        specs = {c.get("name"): c for c in spec.get("initContainers") or []}
+        incomplete = [
+            s["name"]
+            for s in init.statuses
+            if (not s.get("started") if _restartable(specs.get(s["name"], {})) else not _completed(s))
+        ]
+        initialized = {
+            "status": "False",
+            "reason": "ContainersNotInitialized",
+            "message": f"containers with incomplete status: [{' '.join(incomplete)}]",
+        }
     status: dict[str, Any] = {
         "phase": current_phase,
         "hostIP": host_ip,
@@ -113,18 +169,22 @@ def pod_status(
         "conditions": [
             {"type": "PodReadyToStartContainers", **sandbox_ready, "lastTransitionTime": now},
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", **initialized, "lastTransitionTime": now},
             {
                 "type": "ContainersReady",
-                "status": str(ready),
-                **({} if ready else not_ready),
+                "status": str(containers_ready),
+                **({} if containers_ready else not_ready),
                 "lastTransitionTime": now,
             },
-            {"type": "Ready", "status": str(ready), **({} if ready else not_ready), "lastTransitionTime": now},
+            {"type": "Ready", "status": str(ready), **({} if ready else pod_not_ready), "lastTransitionTime": now},
         ],
         "containerStatuses": containers,
         "qosClass": _qos(spec),
     }
+    if init.statuses:
+        status["initContainerStatuses"] = init.statuses
+    if terminal is not None:
+        status["reason"], status["message"] = terminal.reason, terminal.message
     if sandbox is not None:
         status["startTime"] = rfc3339(sandbox.created_at_ns)
         ip = host_ip if spec.get("hostNetwork") else sandbox.ip
@@ -132,6 +192,27 @@ def pod_status(
             status["podIP"] = ip
             status["podIPs"] = [{"ip": ip}]
     return status
+
+
+def _unmet_readiness_gate(pod: dict[str, Any]) -> str | None:
+    """Why a ``readinessGates`` condition (set by someone else on the pod's status) keeps the pod not Ready."""
+    present = {c.get("type"): c.get("status") for c in (pod.get("status") or {}).get("conditions") or []}
+    for gate in (pod.get("spec") or {}).get("readinessGates") or []:
+        kind = gate.get("conditionType", "")
+        if kind not in present:
+            return f'corresponding condition of pod readiness gate "{kind}" does not exist.'
+        if present[kind] != "True":
+            return f'the status of pod readiness gate "{kind}" is not "True", but {present[kind]}'
+    return None
+
+
+def _completed(status: dict[str, Any]) -> bool:
+    return bool(status["state"].get("terminated", {}).get("exitCode") == 0)
+
+
+def _restartable(container: dict[str, Any]) -> bool:
+    """A sidecar: an init container with ``restartPolicy: Always``, which keeps running beside the others."""
+    return container.get("restartPolicy") == "Always"
 
 
 def _qos(spec: dict[str, Any]) -> str:

@@ -15,18 +15,24 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecore.edged.spec import Lookup, SpecError, field_value, resource_value
+from edgecore.edged.spec import Lookup, SpecError, field_value, parse_quantity, resource_value
 
 # (pod, audience, expirationSeconds) → token
 TokenGetter = Callable[[dict[str, Any], str, int], Awaitable[str]]
 
 SUPPORTED = ("emptyDir", "hostPath", "configMap", "secret", "downwardAPI", "projected")
+# Volumes whose files the pod's fsGroup owns (the kubelet's ownership-managed plugins); hostPath is the node's.
+OWNED = ("emptyDir", "configMap", "secret", "downwardAPI", "projected")
+HOST_PATH_TYPES = ("", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice")
 PROJECTED_SOURCES = ("configMap", "secret", "downwardAPI", "serviceAccountToken")
 DEFAULT_MODE = 0o644  # Kubernetes' defaultMode (420)
 DEFAULT_TOKEN_SECONDS = 3600
@@ -53,6 +59,7 @@ async def prepare(
     """Write every volume of ``pod`` under ``pod_dir``; volume name → host path. ``status`` holds the pod's
     podIP/hostIP as the node knows them (the downward API may ask for them)."""
     spec = pod.get("spec") or {}
+    fs_group = (spec.get("securityContext") or {}).get("fsGroup")
     paths: dict[str, Path] = {}
     for volume in spec.get("volumes") or []:
         name = volume["name"]
@@ -63,18 +70,96 @@ async def prepare(
                 f"volume {name}: {other} volumes are not supported at the edge (supported: {', '.join(SUPPORTED)})"
             )
         if kind == "hostPath":
-            paths[name] = Path(volume["hostPath"]["path"])
+            paths[name] = _host_path(name, volume["hostPath"] or {})
             continue
         target = pod_dir / "volumes" / name
-        target.mkdir(parents=True, exist_ok=True)
-        paths[name] = target
         if kind == "emptyDir":
-            continue
-        files = await _files(
-            pod, name, kind=kind, source=volume[kind], lookup=lookup, tokens=tokens, status=status or {}
-        )
-        _sync_dir(target, files)
+            if not target.exists():
+                target.mkdir(parents=True)
+                target.chmod(0o777)  # as the kubelet makes it: any user of the pod may write
+            if (volume["emptyDir"] or {}).get("medium") == "Memory":
+                _mount_tmpfs(name, target, (volume["emptyDir"] or {}).get("sizeLimit"))
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            files = await _files(
+                pod, name, kind=kind, source=volume[kind], lookup=lookup, tokens=tokens, status=status or {}
+            )
+            _sync_dir(target, files, extra_mode=0o440 if fs_group is not None else 0)
+        if fs_group is not None and kind in OWNED:
+            _own(target, int(fs_group), readonly=kind != "emptyDir")
+        paths[name] = target
     return paths
+
+
+def release(pod_dir: Path) -> None:
+    """Unmount the pod's memory-backed emptyDirs, so its directory can be removed."""
+    volumes = pod_dir / "volumes"
+    if not volumes.is_dir():
+        return
+    for target in volumes.iterdir():
+        if os.path.ismount(target):
+            _libc().umount2(os.fsencode(target), _MNT_DETACH)
+
+
+def _host_path(name: str, source: dict[str, Any]) -> Path:
+    """The node's path, created or checked as the volume's ``type`` says."""
+    path = Path(str(source.get("path", "")))
+    kind = str(source.get("type") or "")
+    if kind not in HOST_PATH_TYPES:
+        raise VolumeError(f"volume {name}: hostPath type {kind!r} is not one of {', '.join(HOST_PATH_TYPES[1:])}")
+    if kind == "DirectoryOrCreate" and not path.exists():
+        path.mkdir(parents=True, mode=0o755)
+    elif kind == "FileOrCreate" and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o644)
+    checks = {
+        "Directory": path.is_dir,
+        "File": path.is_file,
+        "Socket": path.is_socket,
+        "CharDevice": path.is_char_device,
+        "BlockDevice": path.is_block_device,
+    }
+    if kind in checks and not checks[kind]():
+        raise VolumeError(f"volume {name}: hostPath {path} is not a {kind}")
+    return path
+
+
+_MNT_DETACH = 2
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _mount_tmpfs(name: str, target: Path, size_limit: Any) -> None:
+    """``medium: Memory``: a tmpfs, ``sizeLimit`` its size (mount(2) directly: no mount binary needed)."""
+    if os.path.ismount(target):
+        return
+    options = "mode=0777"
+    if size_limit:
+        options += f",size={int(parse_quantity(size_limit))}"
+    if _libc().mount(b"tmpfs", os.fsencode(target), b"tmpfs", 0, options.encode()) != 0:
+        error = os.strerror(ctypes.get_errno())
+        raise VolumeError(f"volume {name}: cannot mount a memory-backed emptyDir: {error}")
+
+
+def _own(target: Path, gid: int, *, readonly: bool) -> None:
+    """fsGroup, as the kubelet applies it: the group owns everything, may read (and write, unless the volume is
+    read-only by nature), and directories pass the group on (setgid)."""
+    mask = 0o440 if readonly else 0o660
+    for path in [target, *target.rglob("*")]:
+        try:
+            info = path.lstat()
+            if info.st_gid != gid:
+                os.lchown(path, -1, gid)
+            if path.is_symlink():
+                continue
+            wanted = (info.st_mode & 0o7777) | mask | (0o2110 if path.is_dir() else 0)
+            if wanted != info.st_mode & 0o7777:
+                path.chmod(wanted)
+        except OSError:
+            continue  # removed meanwhile
 
 
 async def _files(
@@ -227,10 +312,12 @@ def _relative(volume: str, relative: str) -> str:
     return relative
 
 
-def _sync_dir(target: Path, files: dict[str, File]) -> None:
-    """Make ``target`` hold exactly ``files``: changed ones replaced atomically, unwanted ones removed."""
-    for relative, wanted in files.items():
+def _sync_dir(target: Path, files: dict[str, File], *, extra_mode: int = 0) -> None:
+    """Make ``target`` hold exactly ``files``: changed ones replaced atomically, unwanted ones removed.
+    ``extra_mode``: permission bits fsGroup adds to every file."""
+    for relative, given in files.items():
         path = target / relative
+        wanted = File(given.content, given.mode | extra_mode)
         try:
             same = path.read_bytes() == wanted.content and (path.stat().st_mode & 0o777) == wanted.mode
         except OSError:

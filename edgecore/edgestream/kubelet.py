@@ -117,6 +117,7 @@ class KubeletApi:
         """The container's instances in this pod, oldest first; Refusal if the pod has no such container."""
         names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
         names += [c.get("name") for c in (pod.get("spec") or {}).get("initContainers") or []]
+        names += [c.get("name") for c in (pod.get("spec") or {}).get("ephemeralContainers") or []]
         if container not in names:
             raise Refusal(400, f"container {container} is not valid for pod {pod['metadata']['name']}")
         uid = pod["metadata"]["uid"]

@@ -33,6 +33,7 @@ from edgecore.edged.runtime import (
     ContainerUsage,
     ExecResult,
     ImageError,
+    ImageInfo,
     SandboxConfig,
     SandboxInfo,
     SandboxState,
@@ -130,23 +131,14 @@ class CriRuntime:
                 return condition.status, f"{condition.reason}: {condition.message}".strip(": ")
         return False, "the runtime reports no NetworkReady condition"
 
-    async def ensure_image(self, image: str, pull_policy: str) -> None:
+    async def ensure_image(self, image: str, pull_policy: str) -> ImageInfo:
         """IfNotPresent/Never look the image up first (ImageStatus); Always and absent images pull it."""
         if pull_policy not in PULL_POLICIES:
             raise ImageError(f"image {image}: unknown imagePullPolicy {pull_policy!r}")
         if pull_policy != "Always":
-            try:
-                status = await self._call(
-                    "ImageStatus",
-                    pb.ImageStatusRequest(image=pb.ImageSpec(image=image)),
-                    pb.ImageStatusResponse,
-                    f"of image {image}",
-                )
-                present = status.HasField("image") and bool(status.image.id)
-            except _NotFoundError:
-                present = False
-            if present:
-                return
+            present = await self._image_status(image)
+            if present is not None:
+                return present
             if pull_policy == "Never":
                 raise ImageError(f"image {image} is not present and imagePullPolicy is Never")
         await self._call(
@@ -155,6 +147,29 @@ class CriRuntime:
             pb.PullImageResponse,
             f"of image {image}",
             error=ImageError,
+        )
+        pulled = await self._image_status(image)
+        if pulled is None:
+            raise ImageError(f"image {image} was pulled but the runtime does not list it")
+        return pulled
+
+    async def _image_status(self, image: str) -> ImageInfo | None:
+        try:
+            status = await self._call(
+                "ImageStatus",
+                pb.ImageStatusRequest(image=pb.ImageSpec(image=image)),
+                pb.ImageStatusResponse,
+                f"of image {image}",
+            )
+        except _NotFoundError:
+            return None
+        if not status.HasField("image") or not status.image.id:
+            return None
+        found = status.image
+        return ImageInfo(
+            id=found.repo_digests[0] if found.repo_digests else found.id,
+            uid=found.uid.value if found.HasField("uid") else None,
+            username=found.username,
         )
 
     # --- sandboxes -----------------------------------------------------------------------------------------
@@ -353,7 +368,7 @@ async def _empty() -> str:
 
 
 def _sandbox_config(config: SandboxConfig) -> pb.PodSandboxConfig:
-    network = pb.NODE if config.host_network else pb.POD
+    security = config.security
     labels = {POD_NAME: config.name, POD_NAMESPACE: config.namespace, POD_UID: config.uid, **config.labels}
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(
@@ -381,11 +396,51 @@ def _sandbox_config(config: SandboxConfig) -> pb.PodSandboxConfig:
         linux=pb.LinuxPodSandboxConfig(
             cgroup_parent=config.cgroup_parent,
             security_context=pb.LinuxSandboxSecurityContext(
-                # pid CONTAINER: each container its own PID namespace, the v1 PodSpec default the kubelet sets.
-                namespace_options=pb.NamespaceOption(network=network, pid=pb.CONTAINER, ipc=pb.POD),
+                namespace_options=_namespaces(sandbox=config),
+                run_as_user=_int64(security.run_as_user),
+                run_as_group=_int64(security.run_as_group),
+                supplemental_groups=list(security.supplemental_groups),
+                privileged=security.privileged,
             ),
+            sysctls=dict(security.sysctls),
         ),
     )
+
+
+def _namespaces(*, sandbox: SandboxConfig) -> pb.NamespaceOption:
+    """Network: the node's or the pod's; PID: the node's (hostPID), the pod's (shareProcessNamespace) or each
+    container its own (the v1 PodSpec default the kubelet sets); IPC: the node's (hostIPC) or the pod's."""
+    security = sandbox.security
+    pid = pb.NODE if security.host_pid else pb.POD if security.share_pid else pb.CONTAINER
+    return pb.NamespaceOption(
+        network=pb.NODE if sandbox.host_network else pb.POD, pid=pid, ipc=pb.NODE if security.host_ipc else pb.POD
+    )
+
+
+def _int64(value: int | None) -> pb.Int64Value | None:
+    return None if value is None else pb.Int64Value(value=value)
+
+
+# What the kubelet masks and makes read-only in every unprivileged container (procMount Default).
+MASKED_PATHS = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+_SECCOMP = {
+    "RuntimeDefault": pb.SecurityProfile.RuntimeDefault,
+    "Unconfined": pb.SecurityProfile.Unconfined,
+    "Localhost": pb.SecurityProfile.Localhost,
+}
 
 
 def _container_config(config: ContainerConfig, sandbox: SandboxConfig) -> pb.ContainerConfig:
@@ -398,6 +453,7 @@ def _container_config(config: ContainerConfig, sandbox: SandboxConfig) -> pb.Con
     }
     annotations = {RESTART_COUNT: str(config.attempt), **config.annotations}
     r = config.resources
+    security = config.security
     return pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=config.name, attempt=config.attempt),
         image=pb.ImageSpec(image=config.image, user_specified_image=config.image),
@@ -411,6 +467,9 @@ def _container_config(config: ContainerConfig, sandbox: SandboxConfig) -> pb.Con
         labels=labels,
         annotations=annotations,
         log_path=config.log_path,
+        stdin=config.stdin,
+        stdin_once=config.stdin_once,
+        tty=config.tty,
         linux=pb.LinuxContainerConfig(
             resources=pb.LinuxContainerResources(
                 cpu_period=r.cpu_period,
@@ -419,8 +478,22 @@ def _container_config(config: ContainerConfig, sandbox: SandboxConfig) -> pb.Con
                 memory_limit_in_bytes=r.memory_limit_bytes,
             ),
             security_context=pb.LinuxContainerSecurityContext(
-                namespace_options=pb.NamespaceOption(
-                    network=pb.NODE if sandbox.host_network else pb.POD, pid=pb.CONTAINER, ipc=pb.POD
+                namespace_options=_namespaces(sandbox=sandbox),
+                capabilities=pb.Capability(
+                    add_capabilities=list(security.capabilities.add),
+                    drop_capabilities=list(security.capabilities.drop),
+                ),
+                privileged=security.privileged,
+                run_as_user=_int64(security.run_as_user),
+                run_as_group=_int64(security.run_as_group),
+                readonly_rootfs=security.readonly_rootfs,
+                supplemental_groups=list(security.supplemental_groups),
+                no_new_privs=security.no_new_privs,
+                masked_paths=[] if security.privileged else list(MASKED_PATHS),
+                readonly_paths=[] if security.privileged else list(READONLY_PATHS),
+                seccomp=pb.SecurityProfile(
+                    profile_type=_SECCOMP.get(security.seccomp, pb.SecurityProfile.Unconfined),
+                    localhost_ref=security.seccomp_localhost,
                 ),
             ),
         ),
@@ -448,4 +521,5 @@ def _container_info(status: pb.ContainerStatus, sandbox_id: str) -> ContainerInf
         reason=reason,
         message=status.message,
         log_path=status.log_path,
+        image_id=status.image_ref,
     )

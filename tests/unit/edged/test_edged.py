@@ -157,9 +157,10 @@ async def test_env_and_volumes_come_from_the_store(store: MetaStore, tmp_path: P
     await edged(store, runtime, published, tmp_path).sync_once()
     [config] = configs
     assert config.env == {"CFG_mode": "fast", "CFG_level": "3", "TOKEN": "s3cr3t", "POD": "web"}
-    [mount, hosts] = config.mounts
+    [mount, hosts, message] = config.mounts
     assert mount.container_path == "/etc/app" and mount.readonly
     assert hosts.container_path == "/etc/hosts" and "localhost" in Path(hosts.host_path).read_text()
+    assert message.container_path == "/dev/termination-log" and Path(message.host_path).read_bytes() == b""
     assert (Path(mount.host_path) / "mode").read_text() == "fast"
     assert config.resources.cpu_quota == 50_000 and config.resources.memory_limit_bytes == 64 * 2**20
 
@@ -213,3 +214,73 @@ async def test_deletion_stops_the_pod_and_tells_the_cloud(store: MetaStore, tmp_
     await put(store, "pod", pod("other", rv=5), Operation.DELETE)
     await e.sync_once()
     assert runtime.sandboxes == {}
+
+
+async def test_init_containers_run_one_by_one_before_the_app_and_never_again(store: MetaStore, tmp_path: Path) -> None:
+    runtime, published = HollowRuntime(), Published()
+    image = "localhost/busybox:1.35"
+    await put(
+        store,
+        "pod",
+        pod("web", initContainers=[{"name": "i1", "image": image}, {"name": "i2", "image": image}]),
+    )
+    e = edged(store, runtime, published, tmp_path)
+
+    def names() -> list[str]:
+        return sorted(c.name for c in runtime.containers.values())
+
+    await e.sync_once()
+    assert names() == ["i1"]
+    status = published.statuses("web")[-1]
+    assert (
+        status["phase"] == "Pending"
+        and status["containerStatuses"][0]["state"]["waiting"]["reason"] == "PodInitializing"
+    )
+    runtime.exit(next(c.id for c in runtime.containers.values() if c.name == "i1"), 0)
+    await e.sync_once()
+    assert names() == ["i1", "i2"]
+    runtime.exit(next(c.id for c in runtime.containers.values() if c.name == "i2"), 0)
+    await e.sync_once()
+    assert names() == ["i1", "i2", "main"]
+    status = published.statuses("web")[-1]
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert status["phase"] == "Running" and conditions["Initialized"] == conditions["Ready"] == "True"
+    assert [s["state"]["terminated"]["exitCode"] for s in status["initContainerStatuses"]] == [0, 0]
+    # after a restart of EdgeCore the exited init containers say they are done: nothing runs again
+    again = edged(store, runtime, published, tmp_path)
+    await again.sync_once()
+    assert names() == ["i1", "i2", "main"]
+
+
+async def test_a_failed_init_container_fails_a_never_restarting_pod(store: MetaStore, tmp_path: Path) -> None:
+    runtime, published = HollowRuntime(), Published()
+    image = "localhost/busybox:1.35"
+    await put(store, "pod", pod("job", restartPolicy="Never", initContainers=[{"name": "i1", "image": image}]))
+    e = edged(store, runtime, published, tmp_path)
+    await e.sync_once()
+    runtime.exit(next(iter(runtime.containers)), 1)
+    await e.sync_once()
+    status = published.statuses("job")[-1]
+    assert status["phase"] == "Failed" and [c.name for c in runtime.containers.values()] == ["i1"]
+
+
+async def test_a_pod_past_its_active_deadline_is_stopped_and_failed(store: MetaStore, tmp_path: Path) -> None:
+    runtime, published = HollowRuntime(), Published()
+    await put(store, "pod", pod("slow", activeDeadlineSeconds=0))
+    e = edged(store, runtime, published, tmp_path)
+    await e.sync_once()  # the sandbox starts; its age is already past 0 s
+    await e.sync_once()
+    status = published.statuses("slow")[-1]
+    assert status["phase"] == "Failed" and status["reason"] == "DeadlineExceeded"
+    assert all(c.state is not ContainerState.RUNNING for c in runtime.containers.values())
+
+
+async def test_a_pod_for_another_os_or_with_a_forbidden_sysctl_is_rejected(store: MetaStore, tmp_path: Path) -> None:
+    runtime, published = HollowRuntime(), Published()
+    await put(store, "pod", pod("win", os={"name": "windows"}))
+    await put(store, "pod", pod("sys", securityContext={"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}))
+    await edged(store, runtime, published, tmp_path).sync_once()
+    assert not runtime.sandboxes
+    assert published.statuses("win")[-1]["reason"] == "PodOSNotSupported"
+    assert published.statuses("sys")[-1]["phase"] == "Failed"
+    assert published.statuses("sys")[-1]["reason"] == "SysctlForbidden"

@@ -1,4 +1,5 @@
-"""Container logs from CRI log files: records joined into lines, the kubelet's options, following a rotation."""
+"""Container logs from CRI log files: records written as lines (a partial one without its newline), the
+kubelet's options, following a rotation."""
 
 from __future__ import annotations
 
@@ -31,12 +32,15 @@ def log_file(tmp_path: Path) -> Path:
     return path
 
 
-async def test_records_become_lines_and_partial_ones_are_joined(log_file: Path) -> None:
+async def test_records_become_lines_and_partial_ones_are_joined(log_file: Path, tmp_path: Path) -> None:
     assert await collect(log_file, LogOptions()) == b"first\nhalf-way\nthird\n"
+    unended = tmp_path / "1.log"  # `echo -n done`: the line never ends, its output still shows
+    unended.write_bytes(b"2026-12-01T10:00:00Z stdout P done\n")
+    assert await collect(unended, LogOptions()) == b"done"
 
 
 async def test_tail_since_timestamps_and_limit_bytes(log_file: Path) -> None:
-    assert await collect(log_file, LogOptions(tail_lines=2)) == b"half-way\nthird\n"
+    assert await collect(log_file, LogOptions(tail_lines=2)) == b"way\nthird\n"  # records, as the kubelet counts
     since = parse_time("2026-12-01T10:00:01.5Z")
     assert await collect(log_file, LogOptions(since_ns=since)) == b"half-way\nthird\n"
     stamped = await collect(log_file, LogOptions(tail_lines=1, timestamps=True))
