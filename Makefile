@@ -8,11 +8,12 @@ UV      := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 DEBS    := etcd-server mosquitto containerd runc containernetworking-plugins busybox-static iproute2
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help test demo demo-down venv proto deps kube lint typecheck imports pytest clean
+.PHONY: help test demo demo-down conformance venv proto deps kube lint typecheck imports pytest clean
 
 help:
 	@echo "make test   set up (venv, Debian packages, Kubernetes binaries) and run lint, types, import rules, tests"
 	@echo "make demo   the end-to-end demo"
+	@echo "make conformance   Kubernetes' node conformance specs against a kubage edge node (not in make test)"
 
 test: venv proto deps kube lint typecheck imports pytest
 
@@ -21,6 +22,12 @@ test: venv proto deps kube lint typecheck imports pytest
 # after the last check instead (exit 0 only if every step succeeded).
 demo: venv proto deps kube
 	@$(PY) -m scripts.demo
+
+# Kubernetes' own node conformance selection (e2e.test, built and cached by scripts/build-kube) against a kubage
+# edge node; prints a table per group, each failing spec with its reason, and a final JSON line. A smoke subset
+# of it runs inside make test (tests/integration/test_conformance.py).
+conformance: venv proto deps kube
+	@scripts/conformance
 
 # Stops a demo left running (e.g. in another terminal), or what a killed one left behind.
 demo-down:
@@ -49,7 +56,7 @@ deps:
 	fi
 
 kube:
-	@scripts/build-kube kube-apiserver kube-scheduler kube-controller-manager >/dev/null
+	@scripts/build-kube kube-apiserver kube-scheduler kube-controller-manager e2e.test agnhost ginkgo nonewprivs >/dev/null
 
 lint:
 	$(PY) -m ruff check .

@@ -228,14 +228,21 @@ async def node_ready(kube: Kube) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
-def pod_body(name: str) -> dict[str, Any]:
+# --probes: what pods written for a real cluster carry, checked often so that the probers are busy.
+PROBE = {"exec": {"command": ["true"]}, "periodSeconds": 2}
+
+
+def pod_body(name: str, *, probes: bool = False) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "main", "image": BUSYBOX_IMAGE, "command": ["sh", "-c", "echo hi; sleep 3600"]}
+    if probes:
+        container |= {"readinessProbe": PROBE, "livenessProbe": PROBE}
     return {
         "metadata": {"name": name, "labels": {"app": "bench-footprint"}},
         "spec": {
             "nodeName": NODE,
             "hostNetwork": True,
             "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "main", "image": BUSYBOX_IMAGE, "command": ["sh", "-c", "echo hi; sleep 3600"]}],
+            "containers": [container],
         },
     }
 
@@ -292,6 +299,7 @@ class Results:
     pods: Window
     floor: Sample
     timings: dict[str, float]
+    probes: bool = False  # the pods had readiness and liveness probes
 
 
 async def bench(args: argparse.Namespace, kubeconfig: Path, res: Resources) -> Results:
@@ -336,7 +344,7 @@ async def bench(args: argparse.Namespace, kubeconfig: Path, res: Resources) -> R
         names = [f"footprint-{i:02d}" for i in range(PODS)]
         t = loop.time()
         for name in names:
-            await kube.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", body=pod_body(name))
+            await kube.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", body=pod_body(name, probes=args.probes))
             res.pods_created.append(name)
         await eventually(lambda: pods_running(kube, names), args.pods_timeout, f"{PODS} pods Running")
         timings[f"{PODS} pods Running"] = loop.time() - t
@@ -356,7 +364,7 @@ async def bench(args: argparse.Namespace, kubeconfig: Path, res: Resources) -> R
             with contextlib.suppress(Exception):  # (containerd's cleanup stops and removes their containers)
                 await asyncio.wait_for(delete_pods(kube, res.pods_created, 0, wait=False), 10)
         await kube.close()
-    return Results(idle, pods, floor, timings)
+    return Results(idle, pods, floor, timings, probes=args.probes)
 
 
 def report(results: Results) -> None:
@@ -368,7 +376,10 @@ def report(results: Results) -> None:
         return f"{idle.mib(attr):7.1f}  {pods.mib(attr):7.1f}"
 
     rows = [
-        ("edgecore (MiB, medians)", f"{'idle':>7}  {f'{PODS} pods':>7}"),
+        (
+            "edgecore (MiB, medians)",
+            f"{'idle':>7}  {f'{PODS} pods':>7}" + ("  (with probes)" if results.probes else ""),
+        ),
         ("RSS (VmRSS)", both("rss") + f"   goal <= {GOAL_MIB}"),
         ("  anonymous", both("anon")),
         ("  file-backed", both("file")),
@@ -403,6 +414,8 @@ def report(results: Results) -> None:
                 "goal_mib": GOAL_MIB,
                 "python_floor_mib": round(floor.rss / 1024, 1),
                 "idle_cpu_pct": round(idle.cpu_pct, 2),
+                "pods10_cpu_pct": round(pods.cpu_pct, 2),
+                "probes": results.probes,
             }
         ),
         flush=True,
@@ -415,6 +428,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--window", type=float, default=5.0, help="seconds of each sampling window (default 5)")
     parser.add_argument("--samples", type=int, default=6, help="samples per window (default 6)")
     parser.add_argument("--pods-timeout", type=float, default=60.0, help="wait for the pods to run (default 60)")
+    parser.add_argument(
+        "--probes", action="store_true", help="the 10 pods have exec readiness and liveness probes every 2 s"
+    )
     args = parser.parse_args(argv)
     if args.settle < 0 or args.window <= 0 or args.samples < 1 or args.pods_timeout <= 0:
         parser.error("--window, --samples and --pods-timeout must be positive, --settle not negative")

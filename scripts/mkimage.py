@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 """Build a tiny OCI image tar from the host's static busybox, for a container runtime with no registry.
 
-    scripts/mkimage.py OUT.tar REF [--add SRC:DEST ...] [cmd ...]
+    scripts/mkimage.py OUT.tar REF [--add SRC:DEST[:MODE] ...] [--link PATH:TARGET ...] [--all-applets]
+                       [--entrypoint PATH] [--user USER] [cmd ...]
     scripts/mkimage.py busybox.tar localhost/busybox:1.35 /bin/sh
-    scripts/mkimage.py pause.tar localhost/pause:3.6 /bin/sleep 2147483647
+    scripts/mkimage.py pause.tar localhost/pause:3.6 /bin/sh -c "trap 'exit 0' TERM; sleep 2147483647 & wait"
     scripts/mkimage.py kubectl.tar localhost/kubectl:1.32 --add /usr/bin/kubectl:/bin/kubectl /bin/kubectl
+    scripts/mkimage.py agnhost.tar registry.k8s.io/e2e-test-images/agnhost:2.63.0 --add agnhost:/agnhost \
+        --link /agnhost-2:agnhost --all-applets --entrypoint /agnhost
     ctr -a SOCK -n k8s.io images import busybox.tar
 
 One layer: Debian's /bin/busybox (package busybox-static) with symlinks for the common applets, the usual
 top-level directories and a minimal etc/passwd, etc/group and etc/hosts, plus any static binary given with
-``--add`` (a test's in-cluster client, say). The tar holds an OCI image layout
+``--add`` (a test's in-cluster client, say). ``--all-applets`` links every applet this busybox has (the
+e2e suite's busybox is a full one); ``--entrypoint`` sets the image's ENTRYPOINT, so that a pod giving only
+``args`` runs it (agnhost's image works that way); ``--link`` adds a symbolic link; ``--user`` sets the
+image's USER; an ``--add`` may give the file's mode in octal (``4755``: set-user-ID). The tar holds an OCI image layout
 (oci-layout, index.json annotated with the image name, blobs/sha256/...) and a docker-style manifest.json,
 so both `ctr images import` and `podman load` accept it. The output is byte-for-byte reproducible: same
 busybox, same arguments, same tar. Standard library only.
@@ -75,20 +81,29 @@ def available_applets(busybox: Path = BUSYBOX) -> set[str]:
     return set(out.stdout.split())
 
 
-def layer(busybox: Path = BUSYBOX, extra: dict[str, Path] | None = None) -> bytes:
+def layer(
+    busybox: Path = BUSYBOX,
+    extra: dict[str, tuple[Path, int]] | None = None,
+    *,
+    all_applets: bool = False,
+    links: dict[str, str] | None = None,
+) -> bytes:
     """The root filesystem as an uncompressed tar; ``extra`` maps paths in the image to host files."""
     applets = available_applets(busybox)
+    linked = applets - {"busybox"} if all_applets else APPLETS & applets
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for d in DIRS:
             tar.addfile(_info(d, tarfile.DIRTYPE, mode=0o1777 if d == "tmp" else 0o755))
         _add_file(tar, "bin/busybox", busybox.read_bytes(), mode=0o755)
-        for applet in sorted(APPLETS & applets):
+        for applet in sorted(linked):
             tar.addfile(_info(f"bin/{applet}", tarfile.SYMTYPE, mode=0o777, link="busybox"))
         for name, text in FILES.items():
             _add_file(tar, name, text.encode())
-        for name, source in sorted((extra or {}).items()):
-            _add_file(tar, name.lstrip("/"), source.resolve().read_bytes(), mode=0o755)
+        for name, (source, mode) in sorted((extra or {}).items()):
+            _add_file(tar, name.lstrip("/"), source.resolve().read_bytes(), mode=mode)
+        for name, target in sorted((links or {}).items()):
+            tar.addfile(_info(name.lstrip("/"), tarfile.SYMTYPE, mode=0o777, link=target))
     return buf.getvalue()
 
 
@@ -112,11 +127,27 @@ def _architecture() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
 
 
-def build(out: Path, ref: str, cmd: list[str], busybox: Path = BUSYBOX, extra: dict[str, Path] | None = None) -> str:
+def build(
+    out: Path,
+    ref: str,
+    cmd: list[str],
+    busybox: Path = BUSYBOX,
+    extra: dict[str, tuple[Path, int]] | None = None,
+    *,
+    entrypoint: list[str] | None = None,
+    all_applets: bool = False,
+    links: dict[str, str] | None = None,
+    user: str = "",
+) -> str:
     """Write the image tar to ``out``; returns the manifest digest."""
     if ":" not in ref.rsplit("/", 1)[-1]:
         raise ValueError(f"image reference {ref!r} needs a tag (e.g. localhost/busybox:1.35)")
-    raw = layer(busybox, extra)
+    raw = layer(busybox, extra, all_applets=all_applets, links=links)
+    image_config: dict[str, Any] = {"Env": [f"PATH={PATH}"], "Cmd": cmd, "WorkingDir": "/"}
+    if entrypoint:
+        image_config["Entrypoint"] = entrypoint
+    if user:
+        image_config["User"] = user
     compressed = _gzip(raw)
     arch = _architecture()
     config = _json(
@@ -124,7 +155,7 @@ def build(out: Path, ref: str, cmd: list[str], busybox: Path = BUSYBOX, extra: d
             "architecture": arch,
             "os": "linux",
             "created": "1970-01-01T00:00:00Z",
-            "config": {"Env": [f"PATH={PATH}"], "Cmd": cmd, "WorkingDir": "/"},
+            "config": image_config,
             "rootfs": {"type": "layers", "diff_ids": [_digest(raw)]},
             "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "scripts/mkimage.py"}],
         }
@@ -175,16 +206,41 @@ def build(out: Path, ref: str, cmd: list[str], busybox: Path = BUSYBOX, extra: d
 
 
 def main(argv: list[str]) -> int:
+    usage = (
+        "usage: scripts/mkimage.py OUT.tar REF [--add SRC:DEST[:MODE] ...] [--link PATH:TARGET ...] [--all-applets]"
+        " [--entrypoint PATH] [--user USER] [cmd ...]"
+    )
     if len(argv) < 2 or argv[0] in ("-h", "--help"):
-        print("usage: scripts/mkimage.py OUT.tar REF [--add SRC:DEST ...] [cmd ...]", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     out, ref, rest = Path(argv[0]), argv[1], argv[2:]
-    extra: dict[str, Path] = {}
-    while len(rest) >= 2 and rest[0] == "--add":
-        source, _, dest = rest[1].partition(":")
-        extra[dest or "/bin/" + Path(source).name] = Path(source)
-        rest = rest[2:]
-    digest = build(out, ref, rest or ["/bin/sh"], extra=extra)
+    extra: dict[str, tuple[Path, int]] = {}
+    entrypoint: list[str] = []
+    links: dict[str, str] = {}
+    user = ""
+    all_applets = False
+    while rest and rest[0] in ("--add", "--link", "--entrypoint", "--user", "--all-applets"):
+        option = rest.pop(0)
+        if option == "--all-applets":
+            all_applets = True
+            continue
+        if not rest:
+            print(f"{option} needs a value\n{usage}", file=sys.stderr)
+            return 2
+        value = rest.pop(0)
+        if option == "--entrypoint":
+            entrypoint.append(value)
+        elif option == "--link":
+            path, _, target = value.partition(":")
+            links[path] = target
+        elif option == "--user":
+            user = value
+        else:
+            source, _, rest_of = value.partition(":")
+            dest, _, mode = rest_of.partition(":")
+            extra[dest or "/bin/" + Path(source).name] = (Path(source), int(mode, 8) if mode else 0o755)
+    cmd = rest or ([] if entrypoint else ["/bin/sh"])
+    digest = build(out, ref, cmd, extra=extra, entrypoint=entrypoint, all_applets=all_applets, links=links, user=user)
     print(f"{out}: {ref} {digest}")
     return 0
 

@@ -42,9 +42,12 @@ CNI_BIN_DIR = Path("/usr/lib/cni")
 
 BUSYBOX_IMAGE = "localhost/busybox:1.35"
 PAUSE_IMAGE = "localhost/pause:3.6"
+# What the pause binary does: sleep until SIGTERM or SIGINT, then exit 0 (a bare sleep as PID 1 ignores them,
+# so every stop of a pause container would wait out its whole grace period).
+PAUSE_CMD = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; sleep 2147483647 & wait"]
 IMAGES: dict[str, list[str]] = {
     BUSYBOX_IMAGE: ["/bin/sh"],
-    PAUSE_IMAGE: ["/bin/sleep", "2147483647"],
+    PAUSE_IMAGE: PAUSE_CMD,
 }
 NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin uses
 # cgroup parents the CRI plugin (k8s.io) and Edged (kubepods) create and leave behind.
@@ -165,9 +168,23 @@ class Containerd:
         for ref, cmd in IMAGES.items():
             self.import_image(ref, cmd, timeout=timeout)
 
-    def import_image(self, ref: str, cmd: list[str], add: dict[str, Path] | None = None, timeout: float = 30.0) -> None:
+    def import_image(
+        self,
+        ref: str,
+        cmd: list[str],
+        add: dict[str, Path] | None = None,
+        timeout: float = 30.0,
+        *,
+        entrypoint: tuple[str, ...] = (),
+        all_applets: bool = False,
+        links: dict[str, str] | None = None,
+        modes: dict[str, int] | None = None,
+        user: str = "",
+    ) -> None:
         """Build (once, cached) and import an image, then wait until the CRI plugin sees it."""
-        tar = cached_image(ref, cmd, add)
+        tar = cached_image(
+            ref, cmd, add, entrypoint=entrypoint, all_applets=all_applets, links=links, modes=modes, user=user
+        )
         self.images[ref] = tar
         self.ctr("images", "import", str(tar), timeout=120)
         # The CRI plugin learns about imported images from containerd events: wait until it sees them.
@@ -357,19 +374,36 @@ def _remove_run_dirs() -> None:
 # --- images ------------------------------------------------------------------------------------------------
 
 
-def cached_image(ref: str, cmd: list[str], add: dict[str, Path] | None = None) -> Path:
-    """The image tar for ``ref``, built by scripts/mkimage.py once per version of the script, busybox and
-    the files ``add``ed (path in the image → host file)."""
+def cached_image(
+    ref: str,
+    cmd: list[str],
+    add: dict[str, Path] | None = None,
+    *,
+    entrypoint: tuple[str, ...] = (),
+    all_applets: bool = False,
+    links: dict[str, str] | None = None,
+    modes: dict[str, int] | None = None,
+    user: str = "",
+) -> Path:
+    """The image tar for ``ref``, built by scripts/mkimage.py once per version of the script, busybox, the
+    options and the files ``add``ed (path in the image → host file)."""
     if not BUSYBOX.exists():
         raise ContainerdError(f"{BUSYBOX} is missing: install the Debian package busybox-static")
+    options: list[str] = ["--all-applets"] if all_applets else []
+    for part in entrypoint:
+        options += ["--entrypoint", part]
+    for path, target in sorted((links or {}).items()):
+        options += ["--link", f"{path}:{target}"]
+    if user:
+        options += ["--user", user]
     key = hashlib.sha256()
     key.update(MKIMAGE.read_bytes())
     key.update(BUSYBOX.read_bytes())
-    key.update("\0".join([ref, *cmd]).encode())
-    options: list[str] = []
+    key.update("\0".join([ref, *options, "--", *cmd]).encode())
     for dest, source in sorted((add or {}).items()):
-        key.update(dest.encode() + source.resolve().read_bytes())
-        options += ["--add", f"{source}:{dest}"]
+        mode = (modes or {}).get(dest)
+        key.update(f"{dest}:{mode}".encode() + source.resolve().read_bytes())
+        options += ["--add", f"{source}:{dest}" + (f":{mode:o}" if mode is not None else "")]
     name = ref.rsplit("/", 1)[-1].replace(":", "-")
     tar = CACHE / f"{name}-{key.hexdigest()[:16]}.tar"
     if not tar.exists():
