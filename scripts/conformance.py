@@ -1,15 +1,14 @@
 """``make conformance``: Kubernetes' node conformance specs, run by the real e2e suite against a kubage edge node.
 
-    scripts/conformance [--focus REGEX] [--skip REGEX] [--procs N] [--dir DIR] [--keep]
+    scripts/conformance [--focus REGEX] [--skip REGEX] [--procs N] [--dir DIR]
 
-Builds (once, cached by version like the control plane: ``scripts/build-kube``) ``e2e.test``, agnhost and the
-ginkgo CLI; starts the four-process control plane, a private containerd with the suite's images built here
-(nothing can be pulled: agnhost as ``registry.k8s.io/e2e-test-images/agnhost:<version>`` with
-``ENTRYPOINT ["/agnhost"]`` over a full busybox, busybox, pause), CloudCore and one EdgeCore, whose node is the
+Builds (once, cached by version like the control plane: ``scripts/build-kube``) ``e2e.test``, agnhost,
+nonewprivs and the ginkgo CLI; starts the four-process control plane, a private containerd with the suite's
+images built here (nothing can be pulled: see ``suite_images``), CloudCore and one EdgeCore, whose node is the
 only node of the cluster, so the scheduler puts every test pod on it; runs the selection with ginkgo in parallel
 and prints a table per group, every failing spec with its one-line reason, and a final JSON line
-``{"selected", "passed", "failed", "pass_rate"}``. Everything it started is stopped by pid at the end; the run's
-files (the suite's JSON report, every service's log) stay in ``--dir``.
+``{"selected", "passed", "failed", "pass_rate"}``. Everything it started is stopped by pid at the end (also on
+SIGTERM); the run's files (the suite's JSON report and log, every service's log) stay in ``--dir``.
 
 The default selection is the one the node conformance issue names: ``[NodeConformance]`` without
 ``[Serial]``, ``[Disruptive]``, ``[Flaky]``, ``[Feature:…]`` or ``[Slow]``. The exit code is 0 when every

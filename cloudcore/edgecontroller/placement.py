@@ -79,8 +79,16 @@ def desired(kind: str, obj: dict[str, Any]) -> DesiredObject:
         str(metadata["resourceVersion"]),
         f"{namespace}/{kind}/{metadata['name']}",
         content,
-        digest=content_digest(content),
+        digest=_digest(content),
     )
+
+
+def _digest(content: dict[str, Any]) -> str:
+    """content_digest leaves status out (the edge's own reports must not resend a pod); the readiness-gate
+    conditions a pod carries down are the one status the edge is sent, so they count. (The edge digests its
+    copy without them: a reconnect resends such pods, the only cost.)"""
+    gates = (content.get("status") or {}).get("conditions")
+    return content_digest({**content, "readinessGateConditions": gates} if gates else content)
 
 
 class Placement:

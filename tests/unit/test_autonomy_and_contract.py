@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from cloudcore.edgecontroller.autonomy import Autonomy, at_risk, protected
+from cloudcore.edgecontroller.placement import desired
 from common import upstream
 from common.messages import new_message
 
@@ -124,3 +125,23 @@ def test_a_malformed_event_is_refused_with_the_reason(change: dict[str, Any], re
     )  # fmt: skip
     with pytest.raises(upstream.UpstreamError, match=reason):
         upstream.parse(message(good.operation, good.resource, {**good.content, **change}))
+
+
+def test_a_pod_goes_down_with_its_readiness_gate_conditions_only_and_they_count_in_its_digest() -> None:
+    def pod(gate_status: str, phase: str) -> dict[str, Any]:
+        return {
+            "metadata": {"uid": "u1", "name": "p", "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"readinessGates": [{"conditionType": "example.com/gate"}]},
+            "status": {
+                "phase": phase,
+                "conditions": [
+                    {"type": "example.com/gate", "status": gate_status},
+                    {"type": "Ready", "status": "False"},
+                ],
+            },
+        }
+
+    sent = desired("pod", pod("False", "Pending"))
+    assert sent.content["status"] == {"conditions": [{"type": "example.com/gate", "status": "False"}]}
+    assert desired("pod", pod("False", "Running")).digest == sent.digest  # the edge's own report: no resend
+    assert desired("pod", pod("True", "Pending")).digest != sent.digest  # the gate flipped: it goes down
