@@ -81,6 +81,10 @@ def suite_images(versions: dict[str, list[str]], tools: dict[str, Path]) -> list
         for tag in versions["agnhost"]
     ]
     images += [Image(f"{E2E_REGISTRY}/nonroot:{tag}", cmd=("/bin/sh",), user="1234") for tag in versions["nonroot"]]
+    # Debian with dnsutils in reality; the specs that use it ask `hostname` and `hostname -f`: busybox answers.
+    images += [
+        Image(f"{E2E_REGISTRY}/glibc-dns-testing:{tag}", cmd=("/bin/sh",)) for tag in versions["glibc-dns-testing"]
+    ]
     images += [
         Image(
             f"{E2E_REGISTRY}/nonewprivs:{tag}",
@@ -106,7 +110,13 @@ def _porter_certificates() -> dict[str, Path]:
 def listed_versions(e2e: Path) -> dict[str, list[str]]:
     """The tags of busybox and agnhost this e2e.test uses, from ``--list-images``."""
     out = subprocess.run([str(e2e), "--list-images"], capture_output=True, text=True, check=True).stdout
-    found: dict[str, list[str]] = {"busybox": [], "agnhost": [], "nonroot": [], "nonewprivs": []}
+    found: dict[str, list[str]] = {
+        "busybox": [],
+        "agnhost": [],
+        "nonroot": [],
+        "nonewprivs": [],
+        "glibc-dns-testing": [],
+    }
     for line in out.split():
         repository, _, tag = line.rpartition(":")
         for name, tags in found.items():

@@ -667,11 +667,11 @@ class Edged:
             pod["metadata"].get("deletionGracePeriodSeconds")
             or (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
         )
-        specs = (pod.get("spec") or {}).get("containers") or []
-        spec = pod.get("spec") or {}
+        pod_spec = pod.get("spec") or {}
+        specs = pod_spec.get("containers") or []
         by_name = {
             c["name"]: c
-            for c in [*(spec.get("initContainers") or []), *specs, *(spec.get("ephemeralContainers") or [])]
+            for c in [*(pod_spec.get("initContainers") or []), *specs, *(pod_spec.get("ephemeralContainers") or [])]
         }
         containers = [c for s in sandboxes for c in in_sandbox.get(s.id, [])]
         running = [c for c in containers if c.state is ContainerState.RUNNING]
@@ -685,7 +685,21 @@ class Edged:
             for status in stopping:
                 status["ready"] = False
             await self._report(pod, sandbox, stopping)
-        await asyncio.gather(*(self._stop_container(pod, by_name.get(c.name), sandbox, c, grace) for c in running))
+        # The app (and debug) containers first, together; then the sidecars, the last declared first, as the
+        # kubelet does: a sidecar's preStop may still use the sidecars declared before it.
+        sidecars = [c["name"] for c in pod_spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
+        deadline = time.monotonic() + grace
+        await asyncio.gather(
+            *(
+                self._stop_container(pod, by_name.get(c.name), sandbox, c, grace)
+                for c in running
+                if c.name not in sidecars
+            )
+        )
+        for name in reversed(sidecars):
+            for container in (c for c in running if c.name == name):
+                left = max(0, int(deadline - time.monotonic()))
+                await self._stop_container(pod, by_name.get(name), sandbox, container, left)
         final = []
         for spec in specs:
             mine = _history(containers, spec)

@@ -284,3 +284,29 @@ async def test_a_pod_for_another_os_or_with_a_forbidden_sysctl_is_rejected(store
     assert published.statuses("win")[-1]["reason"] == "PodOSNotSupported"
     assert published.statuses("sys")[-1]["phase"] == "Failed"
     assert published.statuses("sys")[-1]["reason"] == "SysctlForbidden"
+
+
+async def test_a_deleted_pod_stops_its_app_first_then_its_sidecars_last_declared_first(
+    store: MetaStore, tmp_path: Path
+) -> None:
+    runtime, published = HollowRuntime(), Published()
+    image = "localhost/busybox:1.35"
+    sidecars = [{"name": n, "image": image, "restartPolicy": "Always"} for n in ("proxy", "logger")]
+    await put(store, "pod", pod("web", initContainers=sidecars))
+    e = edged(store, runtime, published, tmp_path)
+    for _ in range(3):  # one sidecar per round (each must have started), then the app
+        await e.sync_once()
+    assert sorted(c.name for c in runtime.containers.values()) == ["logger", "main", "proxy"]
+    stopped: list[str] = []
+    stop = runtime.stop_container
+
+    async def recorded(container_id: str, timeout_s: int) -> None:
+        stopped.append(runtime.containers[container_id].name)
+        await stop(container_id, timeout_s)
+
+    runtime.stop_container = recorded  # type: ignore[method-assign]  # observe the order Edged stops them in
+    terminating = pod("web", rv=2, initContainers=sidecars)
+    terminating["metadata"]["deletionTimestamp"] = "2026-11-28T00:00:00Z"
+    await put(store, "pod", terminating, Operation.UPDATE)
+    await e.sync_once()
+    assert stopped[:3] == ["main", "logger", "proxy"]
