@@ -370,9 +370,9 @@ class Edged:
             ready, started = verdict.ready, verdict.started
         return container_status(container, latest, previous, waiting, ready=ready, started=started)
 
-    def _unhealthy(self, pod: dict[str, Any], container: dict[str, Any]) -> Callable[[str], Awaitable[None]]:
-        async def event(message: str) -> None:
-            await self._event(pod, "Warning", "Unhealthy", message, container=container["name"])
+    def _unhealthy(self, pod: dict[str, Any], container: dict[str, Any]) -> probes.EventSink:
+        async def event(type_: str, reason: str, message: str) -> None:
+            await self._event(pod, type_, reason, message, container=container["name"])
 
         return event
 

@@ -47,6 +47,7 @@ class Target:
 class Verdict:
     ok: bool
     message: str = ""
+    warning: str = ""  # a success worth an event (a redirect to another host, not followed)
 
 
 def _port(value: Any, target: Target) -> int:
@@ -123,6 +124,7 @@ async def _http_get(spec: dict[str, Any], target: Target, _: Execer, timeout_s: 
                     if urllib.parse.urlsplit(following).hostname == urllib.parse.urlsplit(url).hostname:
                         url = following
                         continue
+                    return Verdict(True, body, warning=f"Probe terminated redirects, Response body: {body}")
                 if 200 <= r.status < 400:
                     return Verdict(True, body)
                 return Verdict(False, f"HTTP probe failed with statuscode: {r.status}")
@@ -145,6 +147,8 @@ async def _grpc_health(spec: dict[str, Any], target: Target, _: Execer, timeout_
         return Verdict(True)
     return Verdict(False, f"service unhealthy (responded with {reply!r})")
 
+
+EventSink = Callable[[str, str, str], Awaitable[None]]  # (type, reason, message) → a Kubernetes event
 
 _HANDLERS: dict[str, Callable[[dict[str, Any], Target, Execer, float], Awaitable[Verdict]]] = {
     "exec": _exec,
@@ -189,11 +193,12 @@ class Prober:
         container: dict[str, Any],
         target: Target,
         started_at: float,
-        unhealthy: Callable[[str], Awaitable[None]] | None = None,
+        unhealthy: EventSink | None = None,
     ) -> Result:
         """Start the container's probes if they are not running; its verdicts so far.
 
-        ``unhealthy(message)`` is called on each failed probe (the kubelet's Unhealthy event)."""
+        ``unhealthy(type, reason, message)`` records the kubelet's events: Unhealthy for each failed probe,
+        ProbeWarning for a success with a warning."""
         state = self._states.get(target.container_id)
         if state is None:
             has_startup = bool(container.get("startupProbe"))
@@ -236,7 +241,7 @@ class Prober:
         state: _State,
         *,
         started_at: float,
-        unhealthy: Callable[[str], Awaitable[None]] | None,
+        unhealthy: EventSink | None,
     ) -> None:
         period = max(1, int(probe.get("periodSeconds") or 10))
         timeout_s = max(1, int(probe.get("timeoutSeconds") or 1))
@@ -250,13 +255,15 @@ class Prober:
         successes = failures = 0
         while True:
             verdict = await run_action(probe, target, self._runtime, timeout_s)
+            what = {"startupProbe": "Startup", "livenessProbe": "Liveness", "readinessProbe": "Readiness"}[kind]
             if verdict.ok:
                 successes, failures = successes + 1, 0
+                if verdict.warning and unhealthy is not None:
+                    await unhealthy("Warning", "ProbeWarning", f"{what} probe warning: {verdict.warning}")
             else:
                 successes, failures = 0, failures + 1
                 if unhealthy is not None:
-                    what = {"startupProbe": "Startup", "livenessProbe": "Liveness", "readinessProbe": "Readiness"}[kind]
-                    await unhealthy(f"{what} probe failed: {verdict.message}".strip())
+                    await unhealthy("Warning", "Unhealthy", f"{what} probe failed: {verdict.message}".strip())
             changed = self._apply(kind, state, verdict, successes >= success_needed, failures >= failures_allowed)
             if changed:
                 self._on_change()
