@@ -108,7 +108,7 @@ def _porter_certificates() -> dict[str, Path]:
 
 
 def listed_versions(e2e: Path) -> dict[str, list[str]]:
-    """The tags of busybox and agnhost this e2e.test uses, from ``--list-images``."""
+    """The tags of the images built here that this e2e.test names, from ``--list-images``."""
     out = subprocess.run([str(e2e), "--list-images"], capture_output=True, text=True, check=True).stdout
     found: dict[str, list[str]] = {
         "busybox": [],
