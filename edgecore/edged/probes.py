@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiohttp
 import grpc
 import grpc.aio
 
@@ -100,7 +100,7 @@ MAX_REDIRECTS = 10
 
 async def _http_get(spec: dict[str, Any], target: Target, _: Execer, timeout_s: float) -> Verdict:
     """GET; 200-399 is a success. Redirects are followed only to the same host, as the kubelet does: a redirect
-    elsewhere is itself the answer (a success), never a request to another host."""
+    elsewhere is itself the answer (a success, with a warning), never a request to another host."""
     scheme = str(spec.get("scheme") or "HTTP").lower()
     host = str(spec.get("host") or target.pod_ip)
     port = _port(spec.get("port"), target)
@@ -112,23 +112,59 @@ async def _http_get(spec: dict[str, Any], target: Target, _: Execer, timeout_s: 
         headers[str(header.get("name"))] = str(header.get("value", ""))
     host_part = f"[{host}]" if ":" in host else host
     url = f"{scheme}://{host_part}:{port}{path}"
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with asyncio.timeout(timeout_s):
         for _hop in range(MAX_REDIRECTS + 1):
-            # ssl=False: the kubelet does not verify a probe's certificate either
-            async with session.get(url, headers=headers, ssl=False, allow_redirects=False) as r:
-                body = (await r.content.read(MAX_OUTPUT)).decode(errors="replace")
-                location = r.headers.get("Location")
-                if 300 <= r.status < 400 and location:
-                    following = urllib.parse.urljoin(url, location)
-                    if urllib.parse.urlsplit(following).hostname == urllib.parse.urlsplit(url).hostname:
-                        url = following
-                        continue
-                    return Verdict(True, body, warning=f"Probe terminated redirects, Response body: {body}")
-                if 200 <= r.status < 400:
-                    return Verdict(True, body)
-                return Verdict(False, f"HTTP probe failed with statuscode: {r.status}")
+            status, location, body = await _get_once(url, headers)
+            if 300 <= status < 400 and location:
+                following = urllib.parse.urljoin(url, location)
+                if urllib.parse.urlsplit(following).hostname == urllib.parse.urlsplit(url).hostname:
+                    url = following
+                    continue
+                return Verdict(True, body, warning=f"Probe terminated redirects, Response body: {body}")
+            if 200 <= status < 400:
+                return Verdict(True, body)
+            return Verdict(False, f"HTTP probe failed with statuscode: {status}")
     return Verdict(False, f"stopped after {MAX_REDIRECTS} redirects")
+
+
+def _insecure_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the kubelet does not verify a probe's certificate either
+    return context
+
+
+async def _get_once(url: str, headers: dict[str, str]) -> tuple[int, str, str]:
+    """One HTTP/1.1 GET on its own connection: status, Location, the start of the body. (Plain asyncio streams:
+    a probe needs no more, and an HTTP client library would cost EdgeCore megabytes of memory.)"""
+    parts = urllib.parse.urlsplit(url)
+    https = parts.scheme == "https"
+    reader, writer = await asyncio.open_connection(
+        parts.hostname, parts.port, ssl=_insecure_context() if https else None
+    )
+    try:
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await writer.drain()
+        status_line = (await reader.readline()).decode("latin-1").split(" ", 2)
+        if len(status_line) < 2 or not status_line[1].isdigit():
+            raise ValueError(f"not an HTTP response: {' '.join(status_line).strip()!r}")
+        found: dict[str, str] = {}
+        while (line := (await reader.readline()).decode("latin-1").strip()) != "":
+            name, _, value = line.partition(":")
+            found[name.strip().lower()] = value.strip()
+        length = int(found["content-length"]) if found.get("content-length", "").isdigit() else MAX_OUTPUT
+        try:
+            body = await reader.readexactly(min(length, MAX_OUTPUT))
+        except asyncio.IncompleteReadError as short:  # no Content-Length: the body ends with the connection
+            body = short.partial
+        return int(status_line[1]), found.get("location", ""), body.decode(errors="replace")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
 
 
 def _grpc_request(service: str) -> bytes:

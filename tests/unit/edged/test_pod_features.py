@@ -119,13 +119,13 @@ async def test_probes_flip_readiness_and_give_up_on_liveness_after_the_threshold
     target = probes.Target("c1", "127.0.0.1")
     first = prober.ensure(container, target, 0.0, unhealthy)
     assert first.started and not first.ready
-    for _ in range(50):
+    for _ in range(500):  # the first probe runs at once; 10 s for a loaded machine
         await asyncio.sleep(0.02)
         if prober.ensure(container, target, 0.0).ready:
             break
     assert prober.ensure(container, target, 0.0).ready
     runtime.code = 1
-    for _ in range(300):
+    for _ in range(750):  # two failures a second apart, with room to spare
         await asyncio.sleep(0.02)
         if prober.ensure(container, target, 0.0).live_failed:
             break
