@@ -217,7 +217,7 @@ class Result:
 
 
 class Prober:
-    """Runs each running container's probes; ``result(container_id)`` is what they last found."""
+    """Runs each running container's probes; ``ensure`` says what they last found."""
 
     def __init__(self, runtime: Execer, on_change: Callable[[], None]) -> None:
         self._runtime = runtime
