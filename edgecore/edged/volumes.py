@@ -73,12 +73,16 @@ async def prepare(
             paths[name] = _host_path(name, volume["hostPath"] or {})
             continue
         target = pod_dir / "volumes" / name
+        fresh = not target.exists()
         if kind == "emptyDir":
-            if not target.exists():
+            if fresh:
                 target.mkdir(parents=True)
                 target.chmod(0o777)  # as the kubelet makes it: any user of the pod may write
             if (volume["emptyDir"] or {}).get("medium") == "Memory":
-                _mount_tmpfs(name, target, (volume["emptyDir"] or {}).get("sizeLimit"))
+                fresh |= _mount_tmpfs(name, target, (volume["emptyDir"] or {}).get("sizeLimit"))
+            if not fresh:  # fsGroup was applied when it was made; the pod's own files since are the pod's business
+                paths[name] = target
+                continue
         else:
             target.mkdir(parents=True, exist_ok=True)
             files = await _files(
@@ -132,16 +136,18 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
-def _mount_tmpfs(name: str, target: Path, size_limit: Any) -> None:
-    """``medium: Memory``: a tmpfs, ``sizeLimit`` its size (mount(2) directly: no mount binary needed)."""
+def _mount_tmpfs(name: str, target: Path, size_limit: Any) -> bool:
+    """``medium: Memory``: a tmpfs, ``sizeLimit`` its size (mount(2) directly: no mount binary needed); whether
+    it was mounted now."""
     if os.path.ismount(target):
-        return
+        return False
     options = "mode=0777"
     if size_limit:
         options += f",size={int(parse_quantity(size_limit))}"
     if _libc().mount(b"tmpfs", os.fsencode(target), b"tmpfs", 0, options.encode()) != 0:
         error = os.strerror(ctypes.get_errno())
         raise VolumeError(f"volume {name}: cannot mount a memory-backed emptyDir: {error}")
+    return True
 
 
 def _own(target: Path, gid: int, *, readonly: bool) -> None:
