@@ -66,11 +66,6 @@ class LeaseRenewer:
             await self._kube.request("PATCH", f"{path}/{node}", body=body, content_type=MERGE_PATCH)
         except NotFound:
             metadata: dict[str, object] = {"name": node, "namespace": NAMESPACE, "annotations": self._annotations}
-            found = await self._kube.get_or_none(f"/api/v1/nodes/{node}")
-            if found is not None:  # owned by its Node, as the kubelet makes it: deleting the Node deletes it
-                metadata["ownerReferences"] = [
-                    {"apiVersion": "v1", "kind": "Node", "name": node, "uid": found["metadata"]["uid"]}
-                ]
             await self._kube.request(
                 "POST",
                 path,
