@@ -27,6 +27,7 @@ from cloudcore.edgecontroller.autonomy import Autonomy
 from cloudcore.edgecontroller.lease import LeaseRenewer
 from cloudcore.edgecontroller.placement import EDGE_LABEL, Placement
 from cloudcore.edgecontroller.upstream import RetryPolicy, Upstream
+from cloudcore.globalmanager import GlobalManager
 from cloudcore.informer import Informer
 from cloudcore.kube import Kube
 from cloudcore.monitor import HubCollector
@@ -90,6 +91,15 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
         kubelet_port=config.common_config.tunnel_port if config.modules.cloud_stream.enable else None,
     )
     autonomy = Autonomy(kube, placement.nodes, placement.pods) if config.modules.edge_controller.pod_autonomy else None
+    streams: StreamServer | None = None
+    if config.modules.cloud_stream.enable:
+        streams = stream_server(
+            config, kube=kube, hub=hub, placement=placement, ca=ca, ca_pem=ca_pem, endpoint=stream_endpoint(config)
+        )
+    manager = (
+        GlobalManager(kube, streams.request if streams else None) if config.modules.global_manager.enable else None
+    )
+    hub.upstream.learning = manager.on_upstream if manager is not None else None
 
     def on_node(kind: str, node: dict[str, Any], before: dict[str, Any] | None) -> None:
         placement.on_node(kind, node, before)
@@ -100,6 +110,8 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
         placement.on_pod(kind, pod, before)
         if autonomy is not None:
             autonomy.on_pod(kind, pod, before)
+        if manager is not None:
+            manager.on_pod(kind, pod, before)
 
     informers = [
         Informer(kube, "/api/v1/nodes", name="nodes", handler=on_node, query=[("labelSelector", EDGE_LABEL)]),
@@ -113,7 +125,24 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
             name="devicemodels",
             handler=placement.on_devicemodel,
         ),
+        Informer(
+            kube, "/apis/sedna.io/v1alpha1/datasets", name="datasets", handler=_both(placement.on_dataset, manager)
+        ),
     ]
+    # The jobs' own informers do not hold back CloudHub: an edge node's objects do not depend on them.
+    learning = (
+        [
+            Informer(
+                kube,
+                "/apis/sedna.io/v1alpha1/federatedlearningjobs",
+                name="federatedlearningjobs",
+                handler=manager.on_job,
+            ),
+            Informer(kube, "/apis/sedna.io/v1alpha1/models", name="models", handler=manager.on_model),
+        ]
+        if manager is not None
+        else []
+    )
     serving = asyncio.Event()
 
     async def run_hub() -> None:
@@ -135,11 +164,12 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
     )
     monitor = Monitor(
         bind_address=config.common_config.monitor_server.bind_address,
-        collector=HubCollector(hub, informers),
+        collector=HubCollector(hub, [*informers, *learning]),
         ready=serving.is_set,
     )
     modules = [
-        *(Module(f"informer.{i.name}", i.run) for i in informers),
+        *(Module(f"informer.{i.name}", i.run) for i in [*informers, *learning]),
+        *([Module("globalmanager", manager.run)] if manager is not None else []),
         Module("cloudhub", run_hub, Restart.NEVER),
         Module("lease", lease.run),
         Module("monitor", monitor.run),
@@ -158,12 +188,21 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
             request_timeout=hub_config.https.request_timeout,
         )
         modules.append(Module("certservice", certs.run))
-    if config.modules.cloud_stream.enable:
-        streams = stream_server(
-            config, kube=kube, hub=hub, placement=placement, ca=ca, ca_pem=ca_pem, endpoint=endpoint
-        )
+    if streams is not None:
         modules.append(Module("cloudstream", streams.run))
     return modules, kube.close
+
+
+def _both(placement_handler: Any, manager: GlobalManager | None) -> Any:
+    """Datasets go to their node (placement) and to the global manager."""
+    if manager is None:
+        return placement_handler
+
+    def handler(kind: str, obj: dict[str, Any], before: dict[str, Any] | None) -> None:
+        placement_handler(kind, obj, before)
+        manager.on_dataset(kind, obj, before)
+
+    return handler
 
 
 def stream_endpoint(config: CloudCoreConfig) -> str:

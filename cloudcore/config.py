@@ -172,6 +172,12 @@ class CloudStream(ConfigModel):
     """Seconds an edge has to open a stream once asked; then the request fails (502)."""
 
 
+class GlobalManager(ConfigModel):
+    enable: bool = True
+    """Run Sedna's global manager: FederatedLearningJobs (sedna.io/v1alpha1, installed by keadm init), their
+    pods and status, and the weights between their nodes (which needs modules.cloudStream)."""
+
+
 class Modules(ConfigModel):
     cloud_hub: CloudHub = Field(default_factory=CloudHub)
     """The WebSocket server edges connect to, and the certificate service."""
@@ -179,6 +185,8 @@ class Modules(ConfigModel):
     """Which objects each node holds, and what edges report up."""
     cloud_stream: CloudStream = Field(default_factory=CloudStream)
     """kubectl logs, exec, attach, port-forward and the node proxy, through the tunnel."""
+    global_manager: GlobalManager = Field(default_factory=GlobalManager)
+    """Federated learning jobs across edge nodes (Sedna's GM)."""
 
 
 class MonitorServer(ConfigModel):

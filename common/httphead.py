@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 MAX_HEAD_BYTES = 64 * 1024
 REASONS = {
     200: "OK",
+    204: "No Content",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
@@ -21,6 +22,7 @@ REASONS = {
     405: "Method Not Allowed",
     408: "Request Timeout",
     409: "Conflict",
+    413: "Content Too Large",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -113,14 +115,48 @@ async def read_head(reader: asyncio.StreamReader, *, timeout: float) -> RequestH
     return parse(raw)
 
 
-def response(status: int, body: str, *, content_type: str = "text/plain; charset=utf-8") -> bytes:
+def response(
+    status: int,
+    body: str | bytes,
+    *,
+    content_type: str = "text/plain; charset=utf-8",
+    headers: dict[str, str] | None = None,
+) -> bytes:
     """A complete response that closes the connection after it."""
-    data = body.encode()
+    data = body.encode() if isinstance(body, str) else body
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     head = (
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
-        f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n{extra}Connection: close\r\n\r\n"
     )
     return head.encode() + data
+
+
+@dataclass(frozen=True)
+class ResponseHead:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def header(self, name: str) -> str:
+        lowered = name.lower()
+        return next((value for key, value in self.headers if key.lower() == lowered), "")
+
+
+def parse_response(data: bytes) -> ResponseHead:
+    """A response head (everything before the blank line)."""
+    lines = data.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise HeadError(502, f"not an HTTP/1.1 status line: {lines[0][:100]!r}")
+    headers = []
+    for line in lines[1:]:
+        if not line:
+            break
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise HeadError(502, f"malformed header line in a response: {line[:100]!r}")
+        headers.append((name.strip(), value.strip()))
+    return ResponseHead(int(parts[1]), headers)
 
 
 def streaming_response_head(content_type: str = "text/plain; charset=utf-8") -> bytes:

@@ -60,6 +60,7 @@ class Group(enum.StrEnum):
     FUNC = "func"
     HUB = "hub"  # session control between CloudHub and EdgeHub
     STREAM = "stream"  # "open a stream": cloudstream -> edgestream (common/streams.py)
+    SEDNA = "sedna"  # federated learning: the local controller -> the global manager (common/upstream.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,9 @@ class ResourceType(enum.StrEnum):
     DEVICESTATE = "devicestate"  # a device's online/offline state, edge → cloud
     SERVICEACCOUNTTOKEN = "serviceaccounttoken"  # a TokenRequest for a pod, asked as a query
     EVENT = "event"  # what happened to a pod or the node, as the kubelet records it
+    DATASET = "dataset"  # a Sedna Dataset's status, as the node's data loader found it
+    FEDERATEDLEARNINGJOB = "federatedlearningjob"  # a worker's report, as Sedna's LC relays it
+    FLTRANSFER = "fltransfer"  # "fetch this blob of weights from me": a federated job's update or model
 
 
 QUERYABLE = frozenset({ResourceType.NODE, ResourceType.POD, ResourceType.CONFIGMAP, ResourceType.SECRET})
@@ -265,6 +268,84 @@ def query(kind: ResourceType, namespace: str | None, name: str, *, now_ms: int, 
 # --- requests (the cloud) ------------------------------------------------------------------------------------
 
 
+# --- federated learning (Sedna's LC → GM) --------------------------------------------------------------------
+
+FL_TRANSFER_KINDS = ("update", "model", "join")
+MAX_FL_ROUND = 1_000_000
+
+
+def dataset_status(namespace: str, name: str, status: dict[str, Any]) -> Upstream:
+    return Upstream(
+        f"dataset/{namespace}/{name}",
+        Group.SEDNA,
+        Operation.UPDATE,
+        _resource(namespace, ResourceType.DATASET, name),
+        {"status": status},
+    )
+
+
+def worker_report(namespace: str, job: str, report: dict[str, Any]) -> Upstream:
+    """A worker's report (Sedna's ``/sedna/workers/<name>/info`` body); the latest of each worker travels."""
+    return Upstream(
+        f"flworker/{namespace}/{job}/{report.get('name')}",
+        Group.SEDNA,
+        Operation.UPDATE,
+        _resource(namespace, ResourceType.FEDERATEDLEARNINGJOB, job),
+        report,
+    )
+
+
+def fl_transfer(
+    namespace: str,
+    job: str,
+    *,
+    kind: str,
+    worker: str,
+    round_: int,
+    transfer: str = "",
+    size: int = 0,
+    sha256: str = "",
+) -> Upstream:
+    """A blob of weights waiting on this node for the cloud to fetch (``kind`` update or model), or a worker
+    asking for the latest model (``join``); the latest of each (worker, kind) travels."""
+    return Upstream(
+        f"fltransfer/{namespace}/{job}/{worker}/{kind}",
+        Group.SEDNA,
+        Operation.INSERT,
+        _resource(namespace, ResourceType.FLTRANSFER, job),
+        {"kind": kind, "worker": worker, "round": round_, "id": transfer, "size": size, "sha256": sha256},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetStatus:
+    namespace: str
+    name: str
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReport:
+    namespace: str
+    job: str
+    worker: str
+    kind: str  # train or aggregate
+    status: str  # running, completed or failed
+    owner_info: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FlTransfer:
+    namespace: str
+    job: str
+    kind: str
+    worker: str
+    round: int
+    id: str
+    size: int
+    sha256: str
+
+
 @dataclass(frozen=True, slots=True)
 class NodeRegistration:
     name: str
@@ -350,6 +431,9 @@ Request = (
     | Query
     | TokenQuery
     | EventReport
+    | DatasetStatus
+    | WorkerReport
+    | FlTransfer
 )
 
 MIN_TOKEN_SECONDS = 600  # the API server's floor for expirationSeconds
@@ -473,6 +557,57 @@ def _event_request(namespace: str, name: str, content: dict[str, Any]) -> EventR
     )
 
 
+def _dataset_request(namespace: str, name: str, content: dict[str, Any]) -> DatasetStatus:
+    status = _object(content.get("status"), "content.status")
+    samples = status.get("numberOfSamples", 0)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise UpstreamError("content.status.numberOfSamples must be a non-negative integer")
+    return DatasetStatus(namespace, name, status)
+
+
+def _worker_request(namespace: str, job: str, content: dict[str, Any]) -> WorkerReport:
+    kind, status = content.get("kind"), content.get("status")
+    if kind not in ("train", "aggregate"):
+        raise UpstreamError(f"content.kind must be 'train' or 'aggregate', not {kind!r}")
+    if status not in ("running", "completed", "failed"):
+        raise UpstreamError(f"content.status must be running, completed or failed, not {status!r}")
+    return WorkerReport(
+        namespace,
+        job,
+        _string(content.get("name"), "content.name"),
+        kind,
+        status,
+        _object(content.get("ownerInfo", {}), "content.ownerInfo"),
+    )
+
+
+def _int_in(value: object, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UpstreamError(f"{where} must be an integer from {low} to {high}")
+    return value
+
+
+def _transfer_request(namespace: str, job: str, content: dict[str, Any]) -> FlTransfer:
+    kind = content.get("kind")
+    if kind not in FL_TRANSFER_KINDS:
+        raise UpstreamError(f"content.kind must be one of {list(FL_TRANSFER_KINDS)}, not {kind!r}")
+    transfer, sha = content.get("id", ""), content.get("sha256", "")
+    if not isinstance(transfer, str) or not isinstance(sha, str) or len(transfer) > 300 or len(sha) > 64:
+        raise UpstreamError("content.id and content.sha256 must be short strings")
+    if kind != "join" and not (transfer and len(sha) == 64):
+        raise UpstreamError(f"a {kind} transfer needs an id and a sha256")
+    return FlTransfer(
+        namespace,
+        job,
+        kind,
+        _string(content.get("worker"), "content.worker"),
+        _int_in(content.get("round"), "content.round", -1, MAX_FL_ROUND),
+        transfer,
+        _int_in(content.get("size", 0), "content.size", 0, 1 << 40),
+        sha,
+    )
+
+
 _PARSERS: dict[tuple[ResourceType, str], Callable[[str, str, dict[str, Any]], Request]] = {
     (ResourceType.NODE, Operation.INSERT): _registration,
     (ResourceType.NODE, Operation.UPDATE): _registration,
@@ -482,6 +617,9 @@ _PARSERS: dict[tuple[ResourceType, str], Callable[[str, str, dict[str, Any]], Re
     (ResourceType.DEVICETWIN, Operation.UPDATE): _twin_request,
     (ResourceType.DEVICESTATE, Operation.UPDATE): _state_request,
     (ResourceType.EVENT, Operation.UPDATE): _event_request,
+    (ResourceType.DATASET, Operation.UPDATE): _dataset_request,
+    (ResourceType.FEDERATEDLEARNINGJOB, Operation.UPDATE): _worker_request,
+    (ResourceType.FLTRANSFER, Operation.INSERT): _transfer_request,
 }
 
 

@@ -31,6 +31,7 @@ from edgecore.edgehub import EdgeHub, EdgeHubSettings
 from edgecore.edgestream import EdgeStream
 from edgecore.edgestream.kubelet import KubeletApi
 from edgecore.eventbus import EventBus, EventBusSettings
+from edgecore.localcontroller import LocalController
 from edgecore.metamanager.store import MetaStore
 
 log = get_logger(__name__)
@@ -90,6 +91,7 @@ async def build(
     edged: Edged | None = None
     if runtime is not None:
         edged = _edged(edged_config, node=node, store=store, hub=hub, runtime=runtime, host_ip=host_ip)
+    local_controller = _local_controller(config, node=node, store=store, hub=hub, host_ip=host_ip)
     stream: EdgeStream | None = None
     if runtime is not None and edged is not None and config.modules.edge_stream.enable:
         api = KubeletApi(
@@ -99,6 +101,7 @@ async def build(
             log_root=Path(edged_config.root_directory) / "logs" / "pods",
             pod_statuses=edged.reported_status,
             bytes_per_s=config.modules.edge_stream.max_bytes_per_second,
+            sedna=local_controller.serve_cloud if local_controller is not None else None,
         )
         stream = EdgeStream(api=api, dial=hub.dial, max_streams=config.modules.edge_stream.max_streams)
         hub.set_message_handler(stream.on_message)
@@ -134,6 +137,7 @@ async def build(
         Module("edgehub", hub.run, Restart.NEVER),
         *([Module("edged", edged.run)] if edged is not None else []),
         *([Module("edgestream", stream.run)] if stream is not None else []),
+        *([Module("localcontroller", local_controller.run)] if local_controller is not None else []),
         Module("node", reporter.run),
         Module("monitor", monitor.run),
         Module("systemd", systemd),
@@ -163,6 +167,27 @@ async def build(
         await store.close()
 
     return modules, close
+
+
+def _local_controller(
+    config: EdgeCoreConfig, *, node: NodeName, store: MetaStore, hub: EdgeHub, host_ip: str
+) -> LocalController | None:
+    """Sedna's local controller, listening to the hub's changes for this node's Datasets."""
+    lc = config.modules.local_controller
+    if not lc.enable:
+        return None
+    controller = LocalController(
+        node=node,
+        root=Path(lc.root_directory),
+        store=store,
+        publish=hub.publish,
+        host=lc.bind_address or host_ip,
+        port=lc.port,
+        max_body=lc.max_body_bytes,
+        check_seconds=lc.dataset_check_seconds,
+    )
+    hub.add_change_listener(controller.wake)
+    return controller
 
 
 def _edged(

@@ -212,6 +212,23 @@ class EdgeStream(ConfigModel):
     gateway's CPU and link to the object sync; 16 MiB/s is 134 Mbit/s, above most edge links."""
 
 
+class LocalController(ConfigModel):
+    enable: bool = True
+    """Sedna's local controller: the endpoint the learning lib in this node's pods talks to, and the data
+    loader that brings the node's Datasets here."""
+    bind_address: str = ""
+    """Where the endpoint listens; empty: the node's InternalIP (``modules.edged.nodeIP``), which the worker
+    pods (host network, as Sedna runs them) reach as ``status.hostIP``."""
+    port: int = Field(default=9100, ge=0, le=65535)
+    """Sedna's LC port."""
+    root_directory: str = "/var/lib/kubage/sedna"
+    """Datasets and the weights in transit live here."""
+    max_body_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    """The largest model update or dataset a request may carry."""
+    dataset_check_seconds: float = Field(default=60.0, gt=0)
+    """How often a loaded Dataset's url is checked for changes (Sedna's LC: every 60 s)."""
+
+
 class Modules(ConfigModel):
     edge_hub: EdgeHub = Field(default_factory=EdgeHub)
     """The link to CloudCore."""
@@ -221,6 +238,8 @@ class Modules(ConfigModel):
     """MQTT, for devices."""
     edge_stream: EdgeStream = Field(default_factory=EdgeStream)
     """kubectl logs, exec, attach, port-forward and the node proxy for this node."""
+    local_controller: LocalController = Field(default_factory=LocalController)
+    """Federated learning on this node (Sedna's LC)."""
 
 
 class EdgeCoreConfig(ConfigModel):

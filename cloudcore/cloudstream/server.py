@@ -23,10 +23,12 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from cryptography import x509
+from websockets.exceptions import ConnectionClosed
 
 from cloudcore.cloudhub import CloudHub
 from cloudcore.cloudstream.auth import Authorizer, Identity, from_certificate
@@ -37,7 +39,7 @@ from common import httphead
 from common.httphead import HeadError, RequestHead
 from common.logging import get_logger
 from common.messages import NodeName
-from common.streams import relay, splice
+from common.streams import RELAY_CHUNK, StreamError, relay, splice
 
 log = get_logger(__name__)
 
@@ -150,6 +152,58 @@ class StreamServer:
             raise StreamUnavailable(BAD_GATEWAY, offline_message(node, holder))
         await self._forward(holder.endpoint, node, head, reader, writer)
 
+    async def request(
+        self,
+        node: NodeName,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        *,
+        limit: int = 256 * 1024 * 1024,
+    ) -> NodeResponse:
+        """CloudCore's own HTTP request to a node's EdgeCore (the federated jobs' weights): over a stream if the
+        node's session is here, else through the replica holding it. The body goes in frames well below the
+        frame limit, on the stream's own connection, so it never delays the hub session."""
+        extra = dict(headers or {})
+        if node in self._hub.connected_nodes():
+            try:
+                async with self._broker.open(node) as pipe:
+                    await pipe.write(_request_head(method, path, node, body, extra))
+                    for start in range(0, len(body), RELAY_CHUNK):
+                        await pipe.write(body[start : start + RELAY_CHUNK])
+                    return await _read_response(pipe.read, limit)
+            except StreamUnavailable as exc:
+                raise NodeRequestError(str(exc)) from None
+            except (ConnectionClosed, StreamError) as exc:
+                raise NodeRequestError(f"the stream to node {node} broke: {exc}") from None
+        holder = await self._directory.holder(node)
+        if not holder.fresh or not holder.endpoint or holder.endpoint == self._directory.endpoint:
+            raise NodeRequestError(offline_message(node, holder))
+        if self._peer_ssl is None:
+            raise NodeRequestError(
+                f"node {node} is connected to another CloudCore, and this one has no peer certificate"
+            )
+        host, _, port = holder.endpoint.rpartition(":")
+        try:
+            async with asyncio.timeout(self.settings.forward_timeout):
+                reader, writer = await asyncio.open_connection(
+                    host.strip("[]"), int(port), ssl=self._peer_ssl, server_hostname=host.strip("[]")
+                )
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise NodeRequestError(
+                f"cannot reach the CloudCore holding node {node} at {holder.endpoint}: {exc}"
+            ) from None
+        try:
+            writer.write(_request_head(method, path, node, body, {**extra, NODE_HEADER: node}) + body)
+            await writer.drain()
+            self.forwarded += 1
+            return await _read_response(lambda: reader.read(RELAY_CHUNK), limit)
+        except (ConnectionError, ssl.SSLError) as exc:
+            raise NodeRequestError(f"the CloudCore holding node {node} went away: {exc}") from None
+        finally:
+            writer.close()
+
     async def _identify(self, writer: asyncio.StreamWriter, head: RequestHead) -> Identity | None:
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -209,6 +263,49 @@ class StreamServer:
         log.info("stream_forwarded", node=node, to=endpoint, path=head.path)
         peer_writer.write(head.with_header(NODE_HEADER, node).encode())
         await splice(reader, writer, peer_reader, peer_writer)
+
+
+@dataclass(frozen=True)
+class NodeResponse:
+    status: int
+    headers: httphead.ResponseHead
+    body: bytes
+
+
+class NodeRequestError(Exception):
+    """A request to a node's EdgeCore could not be made; the message says why."""
+
+
+async def _read_response(read: Callable[[], Awaitable[bytes]], limit: int) -> NodeResponse:
+    """A whole HTTP response with a Content-Length, from ``read`` (b"" at the end)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = await read()
+        if not chunk:
+            raise NodeRequestError("the node closed the stream before its answer's head")
+        buf += chunk
+        if len(buf) > httphead.MAX_HEAD_BYTES + limit:
+            raise NodeRequestError("the node's answer is too large")
+    raw_head, _, body = buf.partition(b"\r\n\r\n")
+    try:
+        head = httphead.parse_response(raw_head)
+        size = int(head.header("Content-Length") or 0)
+    except (HeadError, ValueError) as exc:
+        raise NodeRequestError(f"the node's answer is not HTTP: {exc}") from None
+    if size > limit:
+        raise NodeRequestError(f"the node's answer of {size} bytes is more than the {limit} allowed")
+    while len(body) < size:
+        chunk = await read()
+        if not chunk:
+            raise NodeRequestError(f"the node's answer ended after {len(body)} of {size} bytes")
+        body += chunk
+    return NodeResponse(head.status, head, body[:size])
+
+
+def _request_head(method: str, path: str, node: NodeName, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {node}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def dialled_address(writer: asyncio.StreamWriter) -> str:

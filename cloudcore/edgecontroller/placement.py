@@ -102,6 +102,7 @@ class Placement:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.devices: dict[NodeName, dict[str, dict[str, Any]]] = {}  # node → "ns/name" → device
         self.devicemodels: dict[tuple[str, str], dict[str, Any]] = {}
+        self.datasets: dict[NodeName, dict[str, dict[str, Any]]] = {}  # node → "ns/name" → Sedna Dataset
         self._ref_nodes: dict[Ref, set[NodeName]] = {}  # which nodes hold each configmap/secret
         self._node_refs: dict[NodeName, set[Ref]] = {}
         self._built: dict[str, DesiredObject] = {}  # uid → the last DesiredObject built, reused while its rv holds
@@ -138,16 +139,30 @@ class Placement:
                 self._sync(name)
 
     def on_device(self, kind: str, device: dict[str, Any], before: dict[str, Any] | None) -> None:
-        key = f"{device['metadata'].get('namespace')}/{device['metadata']['name']}"
+        self._on_bound(self.devices, kind, device, before)
+
+    def on_dataset(self, kind: str, dataset: dict[str, Any], before: dict[str, Any] | None) -> None:
+        """A Sedna Dataset goes to its node (``spec.nodeName``), whose data loader brings its data there."""
+        self._on_bound(self.datasets, kind, dataset, before)
+
+    def _on_bound(
+        self,
+        cache: dict[NodeName, dict[str, dict[str, Any]]],
+        kind: str,
+        obj: dict[str, Any],
+        before: dict[str, Any] | None,
+    ) -> None:
+        """An object bound to one node by its ``spec.nodeName`` (a device, a Dataset)."""
+        key = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
         touched: set[NodeName] = set()
         old_node = (before.get("spec") or {}).get("nodeName") if before is not None else None
-        if old_node and self.devices.get(old_node, {}).pop(key, None) is not None:
+        if old_node and cache.get(old_node, {}).pop(key, None) is not None:
             touched.add(NodeName(old_node))
         if kind == DELETED:
-            self._built.pop(device["metadata"]["uid"], None)
-        node = (device.get("spec") or {}).get("nodeName")
+            self._built.pop(obj["metadata"]["uid"], None)
+        node = (obj.get("spec") or {}).get("nodeName")
         if kind != DELETED and node:
-            self.devices.setdefault(NodeName(node), {})[key] = device
+            cache.setdefault(NodeName(node), {})[key] = obj
             touched.add(NodeName(node))
         for name in touched:
             if name in self.nodes:
@@ -219,6 +234,7 @@ class Placement:
                 refs.add(("devicemodel", device["metadata"].get("namespace", "default"), model))
         self._set_refs(node, refs)
         bound = [("pod", pod) for pod in pods] + [("device", device) for device in devices]
+        bound += [("dataset", dataset) for dataset in self.datasets.get(node, {}).values()]
         self._hub.set_objects(node, self._objects(node, bound, refs))
 
     def _objects(

@@ -96,6 +96,8 @@ class Upstream:
         # The newest device status this replica wrote, by "ns/name": the watch may not have brought it back
         # yet, and twins are merged into the whole list.
         self._device_status: dict[str, tuple[int, dict[str, Any]]] = {}
+        # Sedna's reports (Datasets, workers, weights to carry) go to the global manager, when it runs.
+        self.learning: Callable[[NodeName, contract.Request], Awaitable[None]] | None = None
 
     async def __call__(self, node: NodeName, message: Message) -> None:
         route = message.route
@@ -152,6 +154,10 @@ class Upstream:
                 await self._token(node, request, message)
             case contract.EventReport():
                 await self._event(node, request)
+            case contract.DatasetStatus() | contract.WorkerReport() | contract.FlTransfer():
+                if self.learning is None:
+                    raise Refused("federated learning is off in this CloudCore (modules.globalManager)")
+                await self.learning(node, request)
 
     async def _retrying(self, node: NodeName, message: Message, attempt: Callable[[], Awaitable[None]]) -> None:
         policy = self._retry

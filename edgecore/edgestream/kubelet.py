@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -61,8 +62,10 @@ class KubeletApi:
         log_root: Path,
         pod_statuses: stats.StatusSource,
         bytes_per_s: float = 0,
+        sedna: Callable[[RequestHead, Pipe], Awaitable[None]] | None = None,
     ) -> None:
         self.node_name = node_name
+        self._sedna = sedna  # the local controller's routes for CloudCore (federated learning)
         self._store = store
         self._runtime = runtime
         self._log_root = log_root
@@ -99,6 +102,8 @@ class KubeletApi:
                 await self._attach(head, pipe, namespace, pod, container)
             case ["portForward", namespace, pod] | ["portForward", namespace, pod, _]:
                 await self._port_forward(head, pipe, namespace, pod)
+            case ["sedna", *_] if self._sedna is not None:
+                await self._sedna(head, pipe)
             case _:
                 raise Refusal(404, f"{head.path} is not served by kubage's Edged")
 
