@@ -172,9 +172,10 @@ async def build(
 def _local_controller(
     config: EdgeCoreConfig, *, node: NodeName, store: MetaStore, hub: EdgeHub, host_ip: str
 ) -> LocalController | None:
-    """Sedna's local controller, listening to the hub's changes for this node's Datasets."""
+    """Sedna's local controller, listening to the hub's changes for this node's Datasets; none on a node
+    without Edged, where no worker pod can run."""
     lc = config.modules.local_controller
-    if not lc.enable:
+    if not lc.enable or not config.modules.edged.enable:
         return None
     controller = LocalController(
         node=node,

@@ -87,8 +87,11 @@ def layer(
     *,
     all_applets: bool = False,
     links: dict[str, str] | None = None,
+    trees: dict[str, tuple[Path, frozenset[str]]] | None = None,
 ) -> bytes:
-    """The root filesystem as an uncompressed tar; ``extra`` maps paths in the image to host files."""
+    """The root filesystem as an uncompressed tar; ``extra`` maps paths in the image to host files, ``trees``
+    paths in the image to host directories, each with the names left out wherever they occur (modes kept,
+    ``__pycache__`` always left out)."""
     applets = available_applets(busybox)
     linked = applets - {"busybox"} if all_applets else APPLETS & applets
     buf = io.BytesIO()
@@ -104,12 +107,38 @@ def layer(
             _add_file(tar, name.lstrip("/"), source.resolve().read_bytes(), mode=mode)
         for name, target in sorted((links or {}).items()):
             tar.addfile(_info(name.lstrip("/"), tarfile.SYMTYPE, mode=0o777, link=target))
+        added = {d for d in DIRS}
+        for dest, (root, leave_out) in sorted((trees or {}).items()):
+            _add_tree(tar, dest.strip("/"), root, leave_out | {"__pycache__"}, added)
     return buf.getvalue()
+
+
+def _add_tree(tar: tarfile.TarFile, dest: str, root: Path, leave_out: frozenset[str], added: set[str]) -> None:
+    parts = dest.split("/")
+    for i in range(1, len(parts) + 1):  # the parent directories, once each
+        parent = "/".join(parts[:i])
+        if parent not in added:
+            tar.addfile(_info(parent, tarfile.DIRTYPE, mode=0o755))
+            added.add(parent)
+    for path in sorted(root.rglob("*")):
+        if leave_out.intersection(path.relative_to(root).parts):
+            continue
+        name = f"{dest}/{path.relative_to(root).as_posix()}"
+        if name in added:
+            continue
+        added.add(name)
+        if path.is_symlink():
+            tar.addfile(_info(name, tarfile.SYMTYPE, mode=0o777, link=str(path.readlink())))
+        elif path.is_dir():
+            tar.addfile(_info(name, tarfile.DIRTYPE, mode=0o755))
+        else:
+            _add_file(tar, name, path.read_bytes(), mode=path.stat().st_mode & 0o7777)
 
 
 def _gzip(data: bytes) -> bytes:
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=MTIME, compresslevel=9) as gz:
+    level = 9 if len(data) < 16 * 1024 * 1024 else 6  # a Python runtime's layer: 9 costs much more, saves little
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=MTIME, compresslevel=level) as gz:
         gz.write(data)
     return buf.getvalue()
 
@@ -138,12 +167,15 @@ def build(
     all_applets: bool = False,
     links: dict[str, str] | None = None,
     user: str = "",
+    trees: dict[str, tuple[Path, frozenset[str]]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> str:
     """Write the image tar to ``out``; returns the manifest digest."""
     if ":" not in ref.rsplit("/", 1)[-1]:
         raise ValueError(f"image reference {ref!r} needs a tag (e.g. localhost/busybox:1.35)")
-    raw = layer(busybox, extra, all_applets=all_applets, links=links)
-    image_config: dict[str, Any] = {"Env": [f"PATH={PATH}"], "Cmd": cmd, "WorkingDir": "/"}
+    raw = layer(busybox, extra, all_applets=all_applets, links=links, trees=trees)
+    image_env = [f"PATH={PATH}", *(f"{k}={v}" for k, v in sorted((env or {}).items()))]
+    image_config: dict[str, Any] = {"Env": image_env, "Cmd": cmd, "WorkingDir": "/"}
     if entrypoint:
         image_config["Entrypoint"] = entrypoint
     if user:

@@ -185,6 +185,10 @@ class Containerd:
         tar = cached_image(
             ref, cmd, add, entrypoint=entrypoint, all_applets=all_applets, links=links, modes=modes, user=user
         )
+        self.import_tar(ref, tar, timeout=timeout)
+
+    def import_tar(self, ref: str, tar: Path, timeout: float = 30.0) -> None:
+        """Import an image tar built elsewhere (scripts/mkimage.py's layout), then wait until CRI sees it."""
         self.images[ref] = tar
         self.ctr("images", "import", str(tar), timeout=120)
         # The CRI plugin learns about imported images from containerd events: wait until it sees them.

@@ -196,6 +196,7 @@ class EdgeCoreProcess(Service):
                     **(cni_settings(self.runtime_endpoint, self.node) if self.runtime_endpoint else {}),
                 },
                 "eventBus": {"mqttServerExternal": self.mqtt},
+                "localController": {"rootDirectory": str(self.workdir / "sedna")},
                 **(
                     {"edgeStream": {"maxBytesPerSecond": self.stream_bytes_per_s}}
                     if self.stream_bytes_per_s is not None

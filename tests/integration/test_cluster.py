@@ -9,12 +9,11 @@ masquerade and the pods talk only to each other and to the node.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ from scripts.harness.cluster import ControlPlane, create_namespace
 from scripts.harness.containerd import BUSYBOX_IMAGE, Containerd
 from scripts.harness.containerd import start as start_containerd
 from scripts.harness.pki import Pki
-from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess
+from scripts.harness.services import CloudCoreProcess
+from tests.edges import edge_node, ready_with_cidr
 from tests.faultproxy import FaultProxy
 from tests.tunnel import eventually
 
@@ -43,43 +43,6 @@ def second_containerd() -> Iterator[Containerd]:
         yield ctd
     finally:
         ctd.stop()
-
-
-@contextlib.asynccontextmanager
-async def edge_node(
-    kube: Kube,
-    cloud: CloudCoreProcess | FaultProxy,
-    containerd: Containerd,
-    pki: Pki,
-    workdir: Path,
-    *,
-    labels: dict[str, str] | None = None,
-    **edged: Any,
-) -> AsyncIterator[EdgeCoreProcess]:
-    """A running EdgeCore whose node is Ready with a pod CIDR, its pod bridge removed at the end."""
-    node = f"edge-{uuid.uuid4().hex[:6]}"
-    edge = EdgeCoreProcess(
-        workdir,
-        node=node,
-        server=f"127.0.0.1:{cloud.port}",
-        runtime_endpoint=containerd.endpoint,
-        pki=pki,
-        extra={"modules": {"edged": {"nodeLabels": labels or {}, **edged}}},
-    )
-    edge.start()
-    try:
-        await edge.wait_ready()
-        await eventually(lambda: _ready_with_cidr(kube, node), timeout=60)
-        yield edge
-    finally:
-        assert edge.stop() == 0, edge.tail()
-
-
-async def _ready_with_cidr(kube: Kube, node: str) -> bool:
-    found = await kube.get_or_none(f"/api/v1/nodes/{node}")
-    if found is None or not (found.get("spec") or {}).get("podCIDR"):
-        return False
-    return _condition(found, "Ready") == "True"
 
 
 def _condition(obj: dict[str, Any], kind: str) -> str:
@@ -579,7 +542,7 @@ async def test_a_disconnected_edge_keeps_its_pods_and_an_opted_out_pod_is_evicte
         assert _condition(await kube.get(f"/api/v1/nodes/{cut.node}"), "Ready") == "Unknown"
 
         proxy.heal()
-        await eventually(lambda: _ready_with_cidr(kube, cut.node), timeout=60)
+        await eventually(lambda: ready_with_cidr(kube, cut.node), timeout=60)
         await eventually(lambda: _pod_ready(kube, namespace, "kept"), timeout=60)
         assert _container_ids(await _pod(kube, namespace, "kept")) == before
         await eventually(lambda: _gone(kube, namespace, "evicted"), timeout=60)

@@ -1,0 +1,211 @@
+"""Federated learning across real edge nodes: Sedna's FederatedLearningJob on our stack.
+
+Four EdgeCores (each with its own containerd) join one CloudCore through fault proxies; the global manager
+creates the aggregator's and the trainers' pods, whose init containers wait for the data loader to bring
+each node its Dataset; the weights travel lib → local controller → tunnel → CloudCore → tunnel → local
+controller. Every job trains the same MLP on scikit-learn's digits, split non-IID (2 label-sorted shards per
+worker, 4-6 classes each), and is evaluated on the 360 test digits by the aggregator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudcore.kube import Kube
+from scripts.harness import federated
+from scripts.harness.cluster import create_namespace
+from scripts.harness.containerd import Containerd
+from scripts.harness.containerd import start as start_containerd
+from scripts.harness.learning_image import REF as LEARNING_IMAGE
+from scripts.harness.learning_image import build as build_learning_image
+from scripts.harness.pki import Pki
+from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess
+from tests.edges import edge_node
+from tests.faultproxy import FaultProxy
+from tests.tunnel import eventually
+
+pytestmark = pytest.mark.kube
+
+SEDNA = federated.SEDNA
+
+
+@pytest.fixture(scope="module")
+def runtimes(containerd: Containerd) -> Iterator[list[Containerd]]:
+    """Four container runtimes, one per node, each with the learning image imported."""
+    tar = build_learning_image()
+    extra: list[Containerd] = []
+    try:
+        for _ in range(3):
+            extra.append(start_containerd())
+        for ctd in [containerd, *extra]:
+            ctd.import_tar(LEARNING_IMAGE, tar, timeout=60)
+        yield [containerd, *extra]
+    finally:
+        for ctd in extra:
+            ctd.stop()
+
+
+@dataclass
+class Site:
+    edge: EdgeCoreProcess
+    proxy: FaultProxy
+    runtime: Containerd
+
+
+@dataclass
+class Fleet:
+    kube: Kube
+    cloud: CloudCoreProcess
+    sites: list[Site]
+    namespace: str
+    workdir: Path
+
+    @property
+    def nodes(self) -> list[str]:
+        return [s.edge.node for s in self.sites]
+
+    async def create(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
+        path = f"{SEDNA}/namespaces/{self.namespace}/{plural}"
+        created: dict[str, Any] = await self.kube.request("POST", path, body=obj)
+        return created
+
+    async def get_job(self, name: str) -> dict[str, Any]:
+        job: dict[str, Any] = await self.kube.get(f"{SEDNA}/namespaces/{self.namespace}/federatedlearningjobs/{name}")
+        return job
+
+    async def pods(self, selector: str) -> list[dict[str, Any]]:
+        listed = await self.kube.request(
+            "GET", f"/api/v1/namespaces/{self.namespace}/pods", query=[("labelSelector", selector)]
+        )
+        return list(listed.get("items") or [])
+
+    async def start_job(self, name: str, *, iid: bool = False, **job: Any) -> None:
+        """Datasets (a shard per node, the test set on the aggregator's node), a Model, and the job."""
+        shards, test = federated.write_shards(self.workdir / name, len(self.sites), iid=iid)
+        names = []
+        for i, (path, node) in enumerate(zip(shards, self.nodes, strict=True)):
+            names.append(f"{name}-shard-{i}")
+            await self.create("datasets", federated.dataset(names[-1], str(path), node))
+        await self.create("datasets", federated.dataset(f"{name}-test", str(test), self.nodes[0]))
+        await self.create("models", federated.model(f"{name}-model", str(self.workdir / name / "model" / "digits.kfl")))
+        manifest = federated.job(
+            name,
+            aggregator_node=self.nodes[0],
+            datasets=job.pop("datasets", names),
+            model_name=f"{name}-model",
+            eval_dataset=f"{name}-test",
+            **job,
+        )
+        await self.create("federatedlearningjobs", manifest)
+
+    async def wait_phase(self, name: str, phases: tuple[str, ...], timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+        found: dict[str, Any] = {}
+
+        async def reached() -> bool:
+            nonlocal found
+            found = await self.get_job(name)
+            return (found.get("status") or {}).get("phase") in phases
+
+        try:
+            await eventually(reached, timeout=timeout, interval=0.5)
+        except AssertionError:
+            raise AssertionError(
+                f"job {name} not {phases} within {timeout}s: {found.get('status')}\n{self.logs()}"
+            ) from None
+        return found
+
+    async def wait_round(self, name: str, round_: int, timeout: float = 120) -> None:  # noqa: ASYNC109
+        async def reached() -> bool:
+            return int(((await self.get_job(name)).get("status") or {}).get("currentRound") or 0) >= round_
+
+        await eventually(reached, timeout=timeout, interval=0.2)
+
+    def logs(self) -> str:
+        return "\n".join(
+            [f"--- cloudcore\n{self.cloud.tail(30)}", *(f"--- {s.edge.node}\n{s.edge.tail(15)}" for s in self.sites)]
+        )
+
+    def container_log(self, pod: dict[str, Any], container: str, attempt: int) -> str:
+        node = pod["spec"]["nodeName"]
+        site = next(s for s in self.sites if s.edge.node == node)
+        m = pod["metadata"]
+        return site.edge.pod_log(m["namespace"], m["name"], m["uid"], container, attempt)
+
+
+@pytest.fixture
+async def fleet(
+    kube: Kube, cloud: CloudCoreProcess, runtimes: list[Containerd], pki: Pki, tmp_path: Path
+) -> AsyncIterator[Fleet]:
+    namespace = f"fl-{uuid.uuid4().hex[:8]}"
+    await create_namespace(kube, namespace)
+    async with contextlib.AsyncExitStack() as stack:
+        sites = []
+        for i, runtime in enumerate(runtimes):
+            proxy = await stack.enter_async_context(FaultProxy("127.0.0.1", cloud.port))
+            edge = await stack.enter_async_context(edge_node(kube, proxy, runtime, pki, tmp_path / f"edge-{i}"))
+            sites.append(Site(edge, proxy, runtime))
+        yield Fleet(kube, cloud, sites, namespace, tmp_path)
+        with contextlib.suppress(Exception):  # the pods go with the namespace; stop them before the nodes go
+            await kube.request("DELETE", f"/api/v1/namespaces/{namespace}")
+            await eventually(lambda: _no_pods(kube, namespace), timeout=60, interval=0.5)
+
+
+async def _no_pods(kube: Kube, namespace: str) -> bool:
+    listed = await kube.request("GET", f"/api/v1/namespaces/{namespace}/pods")
+    return not listed.get("items")
+
+
+def _history(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((job.get("status") or {}).get("roundHistory") or [])
+
+
+async def test_a_non_iid_job_on_four_edge_nodes_reaches_90_percent_and_deleting_it_removes_its_pods(
+    fleet: Fleet,
+) -> None:
+    await fleet.start_job("digits", rounds=30)
+    job = await fleet.wait_phase("digits", ("Succeeded", "Failed"), timeout=300)
+    status = job["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["currentRound"] == 30
+    history = _history(job)
+    assert len(history) == 30
+    assert history[-1]["accuracy"] >= 0.90, history[-1]  # local-only training on one shard reaches about 0.41
+    assert all(h["workers"] == 4 for h in history)
+    assert {c["type"] for c in status["conditions"]} >= {"Training", "Complete"}
+    model = await fleet.kube.get(f"{SEDNA}/namespaces/{fleet.namespace}/models/digits-model")
+    metrics = {m["key"]: float(m["value"]) for m in model["status"]["metrics"]}
+    assert metrics["accuracy"] >= 0.90
+    assert (fleet.workdir / "digits" / "model" / "digits.kfl").stat().st_size > 4 * 2410
+    pods = await fleet.pods("sedna.io/job-name=digits")
+    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted([*fleet.nodes, fleet.nodes[0]])
+    datasets = await fleet.kube.get(f"{SEDNA}/namespaces/{fleet.namespace}/datasets/digits-shard-1")
+    assert datasets["status"]["phase"] == "Ready"
+    assert datasets["status"]["numberOfSamples"] > 300
+
+    await fleet.kube.request("DELETE", f"{SEDNA}/namespaces/{fleet.namespace}/federatedlearningjobs/digits")
+    await eventually(lambda: _gone(fleet), timeout=60, interval=0.5)
+
+
+async def _gone(fleet: Fleet) -> bool:
+    return not await fleet.pods("sedna.io/job-name=digits")
+
+
+async def test_a_quorum_that_can_never_be_met_fails_the_job_instead_of_hanging(fleet: Fleet) -> None:
+    await fleet.create("datasets", federated.dataset("missing", "/nonexistent/shard.csv", fleet.nodes[3]))
+    names = ["q-shard-0", "q-shard-1", "q-shard-2", "missing"]
+    await fleet.start_job("q", rounds=5, min_workers=4, round_timeout_s=3, retries=1, datasets=names)
+    job = await fleet.wait_phase("q", ("Succeeded", "Failed"), timeout=180)
+    failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+    assert job["status"]["phase"] == "Failed"
+    assert failed["reason"] == "QuorumNotReached"
+    assert "3 of the 4 updates" in failed["message"]
+    missing = await fleet.kube.get(f"{SEDNA}/namespaces/{fleet.namespace}/datasets/missing")
+    assert missing["status"]["phase"] == "Failed"
+    assert "/nonexistent/shard.csv" in missing["status"]["message"]
