@@ -9,6 +9,7 @@ worker, 4-6 classes each), and is evaluated on the 360 test digits by the aggreg
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -209,3 +210,64 @@ async def test_a_quorum_that_can_never_be_met_fails_the_job_instead_of_hanging(f
     missing = await fleet.kube.get(f"{SEDNA}/namespaces/{fleet.namespace}/datasets/missing")
     assert missing["status"]["phase"] == "Failed"
     assert "/nonexistent/shard.csv" in missing["status"]["message"]
+
+
+def _container_id(pod: dict[str, Any], container: str) -> str:
+    status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == container)
+    return str(status["containerID"]).removeprefix("containerd://")
+
+
+def _restarts(pod: dict[str, Any]) -> int:
+    return sum(int(s.get("restartCount") or 0) for s in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
+async def _kill(fleet: Fleet, pod_name: str, container: str) -> dict[str, Any]:
+    """SIGKILL the container's process, as the OOM killer or a crash would; its pod restarts it (OnFailure)."""
+    pod = await fleet.kube.get(f"/api/v1/namespaces/{fleet.namespace}/pods/{pod_name}")
+    site = next(s for s in fleet.sites if s.edge.node == pod["spec"]["nodeName"])
+    await asyncio.to_thread(site.runtime.ctr, "tasks", "kill", "-s", "SIGKILL", _container_id(pod, container))
+    return dict(pod)
+
+
+async def test_a_killed_trainer_rejoins_and_a_killed_aggregator_resumes_from_its_checkpoint(fleet: Fleet) -> None:
+    await fleet.start_job("faults", rounds=16, min_workers=3, round_timeout_s=5)
+    await fleet.wait_round("faults", 3)
+    await _kill(fleet, "faults-trainer-1", "trainer")  # mid-round: the quorum of 3 carries the rounds on
+    await fleet.wait_round("faults", 8)
+    await _kill(fleet, "faults-aggregator", "aggregator")
+    job = await fleet.wait_phase("faults", ("Succeeded", "Failed"), timeout=300)
+    assert job["status"]["phase"] == "Succeeded", job["status"]
+    history = _history(job)
+    assert [h["round"] for h in history] == list(range(1, 17))  # resumed where it was: no round lost or repeated
+    assert history[-1]["workers"] == 4  # the restarted trainer is back in
+    trainer = await fleet.kube.get(f"/api/v1/namespaces/{fleet.namespace}/pods/faults-trainer-1")
+    aggregator = await fleet.kube.get(f"/api/v1/namespaces/{fleet.namespace}/pods/faults-aggregator")
+    assert _restarts(trainer) >= 1
+    assert _restarts(aggregator) >= 1
+    resumed = fleet.container_log(aggregator, "aggregator", 1)
+    assert "resumed from the checkpoint at round" in resumed, resumed[-2000:]
+    assert int(resumed.split("resumed from the checkpoint at round ")[1].split()[0]) >= 8
+
+
+async def test_cloudcore_killed_mid_job_and_an_edge_cut_for_two_rounds_do_not_stop_the_job(fleet: Fleet) -> None:
+    await fleet.start_job("outage", rounds=16, min_workers=3, round_timeout_s=4)
+    await fleet.wait_round("outage", 3)
+    fleet.cloud.kill()  # SIGKILL: nothing of the job was only in its memory
+    await asyncio.sleep(2)
+    fleet.cloud.start()
+    await fleet.cloud.wait_ready()
+    await fleet.wait_round("outage", 6)
+    cut = fleet.sites[2]  # a trainer's node, not the aggregator's
+    cut.proxy.refuse()
+    cut.proxy.cut()
+    job = await fleet.get_job("outage")
+    at_cut = int(job["status"]["currentRound"])
+    await fleet.wait_round("outage", at_cut + 2)  # two rounds close on the quorum of 3, at their deadline
+    cut.proxy.refuse(False)
+    cut.proxy.heal()
+    job = await fleet.wait_phase("outage", ("Succeeded", "Failed"), timeout=300)
+    assert job["status"]["phase"] == "Succeeded", job["status"]
+    history = _history(job)
+    assert [h["round"] for h in history] == list(range(1, 17))
+    assert min(h["workers"] for h in history) == 3  # rounds went on without the cut node
+    assert history[-1]["workers"] == 4  # and it rejoined
