@@ -9,13 +9,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from cloudcore.cloudhub import CloudHub
+from cloudcore.cloudstream import StreamServer
+from cloudcore.globalmanager import GlobalManager
 from cloudcore.informer import Informer
 
 
 class HubCollector(Collector):
-    def __init__(self, hub: CloudHub, informers: Sequence[Informer]) -> None:
+    def __init__(
+        self,
+        hub: CloudHub,
+        informers: Sequence[Informer],
+        *,
+        streams: StreamServer | None = None,
+        manager: GlobalManager | None = None,
+    ) -> None:
         self._hub = hub
         self._informers = informers
+        self._streams = streams
+        self._manager = manager
 
     def collect(self) -> Iterator[Metric]:
         nodes = sorted(self._hub.connected_nodes())
@@ -74,3 +85,20 @@ class HubCollector(Collector):
             if informer.resource_version.isdigit():
                 seen.add_metric([informer.name], int(informer.resource_version))
         yield seen
+        if self._streams is not None:
+            yield CounterMetricFamily(
+                "kubage_cloudstream_forwarded",
+                "Stream requests passed on to the replica holding the node's session",
+                value=self._streams.forwarded,
+            )
+        if self._manager is not None:
+            m = self._manager
+            yield CounterMetricFamily(
+                "kubage_globalmanager_relayed", "Federated updates and models carried between nodes", value=m.relayed
+            )
+            yield CounterMetricFamily(
+                "kubage_globalmanager_relay_failures", "Transfers that could not be carried", value=m.relay_failures
+            )
+            yield CounterMetricFamily(
+                "kubage_globalmanager_relayed_bytes", "Bytes of weights delivered to nodes", value=m.bytes_relayed
+            )

@@ -45,9 +45,12 @@ import yaml
 
 from cloudcore.kube import Conflict, Kube
 from keadm.paths import EdgeLayout
+from scripts.harness import federated
 from scripts.harness.cluster import create_namespace
 from scripts.harness.containerd import BUSYBOX_IMAGE, Containerd, cni_settings
 from scripts.harness.containerd import start as start_containerd
+from scripts.harness.learning_image import REF as LEARNING_IMAGE
+from scripts.harness.learning_image import build as build_learning_image
 from scripts.harness.mosquitto import Mosquitto
 from scripts.harness.procs import Process, free_port, http_ok, identity, is_ours, production_env, stop_pid, tail
 
@@ -61,6 +64,10 @@ DEVICES = "/apis/devices.kubeedge.io/v1beta1"
 POD = "hello"
 DEVICE = "thermometer-1"
 READINGS = 4  # distinct temperature readings to see arrive before moving on
+# The federated job's other two nodes, each with its own containerd, as one runtime belongs to one node.
+MORE_NODES = (("demo-edge-2", "10.250.3.253"), ("demo-edge-3", "10.250.3.252"))
+FL_JOB = "digits"
+FL_ROUNDS = 15
 
 
 class StepFailed(Exception):
@@ -155,9 +162,21 @@ class _AdoptedProcess:
 
 
 @dataclass
+class MoreNode:
+    """One of the federated job's other edge nodes."""
+
+    name: str
+    ip: str
+    layout: EdgeLayout
+    monitor_port: int = field(default_factory=free_port)
+    containerd: Containerd | None = None
+    containerd_start: asyncio.Future[Containerd] | None = None
+
+
+@dataclass
 class Demo:
     directory: Path
-    progress: Progress = field(default_factory=lambda: Progress(13))
+    progress: Progress = field(default_factory=lambda: Progress(15))
     services: dict[str, Process] = field(default_factory=dict)
     mosquitto: Mosquitto | None = None
     containerd: Containerd | None = None
@@ -167,6 +186,7 @@ class Demo:
     ports: dict[str, int] = field(default_factory=dict)
     token: str = ""
     pod_uid: str = ""
+    more: list[MoreNode] = field(default_factory=list)
 
     @property
     def logs(self) -> Path:
@@ -205,6 +225,11 @@ class Demo:
         }
         if self.containerd is not None:
             state["containerd"] = {"root": str(self.containerd.root), **identity(self.containerd.process.pid)}
+        state["containerds"] = [
+            {"root": str(n.containerd.root), **identity(n.containerd.process.pid)}
+            for n in self.more
+            if n.containerd is not None
+        ]
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)
@@ -298,6 +323,8 @@ class Demo:
         await self.join()
         await self.pod()
         await self.device()
+        await self.more_nodes()
+        await self.federated()
 
         async with p.step("keadm diagnose on the edge node", 30):
             out = await self.run_command(
@@ -387,56 +414,68 @@ class Demo:
 
     async def join(self) -> None:
         p = self.progress
-        keadm = str(BIN / "keadm")
         async with p.step(f"keadm gettoken --node {NODE}", 30, [self.logs / "keadm-gettoken.log"]):
-            out = await self.run_command(
-                "keadm-gettoken",
-                [keadm, "gettoken", "--kube-config", str(self.kubeconfig), "--node", NODE, "--ttl", "1h"],
-            )
-            self.token = out.strip().splitlines()[-1].strip()
+            self.token = await self._token(NODE)
             p.detail(f"token {self.token[:24]}... (valid 1 h, for {NODE} only)")
         assert self.containerd is not None
         self.ports["mqtt"] = self.mosquitto.port if self.mosquitto else 0
         self.ports["edge-monitor"] = free_port()
-        cni = cni_settings(self.containerd.endpoint, NODE)
         async with p.step(
             f"keadm join --edgenode-name {NODE} --root-dir {self.edge.root}", 60, [self.logs / "keadm-join.log"]
         ):
-            out = await self.run_command(
-                "keadm-join",
-                [
-                    keadm,
-                    "join",
-                    "--cloudcore-ipport",
-                    f"127.0.0.1:{self.ports['websocket']}",
-                    "--certport",
-                    str(self.ports["https"]),
-                    "--token",
-                    self.token,
-                    "--edgenode-name",
-                    NODE,
-                    "--remote-runtime-endpoint",
-                    self.containerd.endpoint,
-                    "--root-dir",
-                    str(self.edge.root),
-                    "--set",
-                    f"modules.eventBus.mqttServerExternal=tcp://127.0.0.1:{self.ports['mqtt']}",
-                    "--set",
-                    f"modules.edged.healthzBindAddress=127.0.0.1:{self.ports['edge-monitor']}",
-                    "--set",
-                    f"modules.edged.nodeIP={NODE_IP}",
-                    # the pods' bridge network in the demo's containerd (its CNI directory), without NAT
-                    "--set",
-                    f"modules.edged.cniConfDir={cni['cniConfDir']}",
-                    "--set",
-                    f"modules.edged.bridgeName={cni['bridgeName']}",
-                    "--set",
-                    "modules.edged.masquerade=false",
-                ],
+            out = await self._keadm_join(
+                NODE, NODE_IP, self.token, self.containerd, self.edge, self.ports["edge-monitor"], "keadm-join"
             )
             for line in out.strip().splitlines():
                 p.detail(line)
         await self._edgecore()
+
+    async def _token(self, node: str) -> str:
+        out = await self.run_command(
+            "keadm-gettoken",
+            [str(BIN / "keadm"), "gettoken", "--kube-config", str(self.kubeconfig), "--node", node, "--ttl", "1h"],
+        )
+        return out.strip().splitlines()[-1].strip()
+
+    async def _keadm_join(
+        self, node: str, ip: str, token: str, containerd: Containerd, layout: EdgeLayout, monitor: int, log: str
+    ) -> str:
+        cni = cni_settings(containerd.endpoint, node)
+        return await self.run_command(
+            log,
+            [
+                str(BIN / "keadm"),
+                "join",
+                "--cloudcore-ipport",
+                f"127.0.0.1:{self.ports['websocket']}",
+                "--certport",
+                str(self.ports["https"]),
+                "--token",
+                token,
+                "--edgenode-name",
+                node,
+                "--remote-runtime-endpoint",
+                containerd.endpoint,
+                "--root-dir",
+                str(layout.root),
+                "--set",
+                f"modules.eventBus.mqttServerExternal=tcp://127.0.0.1:{self.ports['mqtt']}",
+                "--set",
+                f"modules.edged.healthzBindAddress=127.0.0.1:{monitor}",
+                "--set",
+                f"modules.edged.nodeIP={ip}",
+                # the pods' bridge network in the demo's containerd (its CNI directory), without NAT
+                "--set",
+                f"modules.edged.cniConfDir={cni['cniConfDir']}",
+                "--set",
+                f"modules.edged.bridgeName={cni['bridgeName']}",
+                "--set",
+                "modules.edged.masquerade=false",
+                # the local controller's datasets and weights inside the demo's directory
+                "--set",
+                f"modules.localController.rootDirectory={layout.root / 'var' / 'lib' / 'kubage' / 'sedna'}",
+            ],
+        )
 
     async def _edgecore(self) -> None:
         edge_log = self.logs / "edgecore.log"
@@ -445,8 +484,8 @@ class Demo:
             await self.wait_ready(service, self.ports["edge-monitor"])
             await self.until(self._node_ready)
 
-    async def _node_ready(self) -> bool:
-        node = await self.api().get_or_none(f"/api/v1/nodes/{NODE}")
+    async def _node_ready(self, name: str = NODE) -> bool:
+        node = await self.api().get_or_none(f"/api/v1/nodes/{name}")
         if node is None:
             return False
         conditions = (node.get("status") or {}).get("conditions") or []
@@ -538,6 +577,90 @@ class Demo:
         except ValueError:
             return False
 
+    async def more_nodes(self) -> None:
+        names = " and ".join(name for name, _ in MORE_NODES)
+        logs = [self.logs / f"edgecore-{name}.log" for name, _ in MORE_NODES]
+        async with self.progress.step(f"two more edge nodes, {names}, each with its own containerd", 180, logs):
+            self.more = [MoreNode(name, ip, EdgeLayout(self.directory / name)) for name, ip in MORE_NODES]
+            for node in self.more:
+                node.containerd_start = asyncio.ensure_future(asyncio.to_thread(start_containerd))
+            for node in self.more:
+                assert node.containerd_start is not None
+                node.containerd = await asyncio.shield(node.containerd_start)
+            self.save_state()
+            for node in self.more:
+                assert node.containerd is not None
+                token = await self._token(node.name)
+                await self._keadm_join(
+                    node.name,
+                    node.ip,
+                    token,
+                    node.containerd,
+                    node.layout,
+                    node.monitor_port,
+                    f"keadm-join-{node.name}",
+                )
+                service = self.start_service(
+                    f"edgecore-{node.name}", [str(BIN / "edgecore"), "--config", str(node.layout.config)]
+                )
+                await self.wait_ready(service, node.monitor_port)
+                name = node.name
+                await self.until(lambda: self._node_ready(name))  # noqa: B023 - awaited here
+                self.progress.detail(f"{node.name} Ready (InternalIP {node.ip}), containerd {node.containerd.socket}")
+
+    async def federated(self) -> None:
+        p = self.progress
+        nodes = [NODE, *(n.name for n in self.more)]
+        async with p.step(
+            f"a FederatedLearningJob over {len(nodes)} edge nodes: FedAvg on digits, the data never leaves its node",
+            420,
+            [self.logs / "cloudcore.log", self.logs / "edgecore.log"],
+        ):
+            tar = await asyncio.to_thread(build_learning_image)
+            for ctd in [self.containerd, *(n.containerd for n in self.more)]:
+                assert ctd is not None
+                await asyncio.to_thread(ctd.import_tar, LEARNING_IMAGE, tar, 60)
+            p.detail(f"image {LEARNING_IMAGE} (the host's Python, numpy and the lib) imported into each containerd")
+            shards, test = federated.write_shards(self.directory / "federated", len(nodes), iid=False)
+            base = f"{federated.SEDNA}/namespaces/{NAMESPACE}"
+            datasets = []
+            for i, (path, node) in enumerate(zip(shards, nodes, strict=True)):
+                datasets.append(f"digits-{i}")
+                await self.api().request(
+                    "POST", f"{base}/datasets", body=federated.dataset(datasets[-1], str(path), node)
+                )
+            await self.api().request("POST", f"{base}/datasets", body=federated.dataset("digits-test", str(test), NODE))
+            model_url = str(self.directory / "federated" / "model" / "digits.kfl")
+            await self.api().request("POST", f"{base}/models", body=federated.model("digits", model_url))
+            job = federated.job(
+                FL_JOB,
+                aggregator_node=NODE,
+                datasets=datasets,
+                model_name="digits",
+                eval_dataset="digits-test",
+                rounds=FL_ROUNDS,
+            )
+            await self.api().request("POST", f"{base}/federatedlearningjobs", body=job)
+            p.detail(f"{len(nodes)} trainers (2 label-sorted shards of digits each) and the aggregator on {NODE}")
+            shown = 0
+
+            async def finished() -> dict[str, Any] | None:
+                nonlocal shown
+                found = await self.api().get(f"{base}/federatedlearningjobs/{FL_JOB}")
+                status = found.get("status") or {}
+                for entry in (status.get("roundHistory") or [])[shown:]:
+                    p.detail(
+                        f"round {entry['round']:>2}: accuracy {entry.get('accuracy', 0):.3f}  "
+                        f"({entry['workers']} workers, {entry['seconds']:.2f} s)"
+                    )
+                    shown = int(entry["round"])
+                if status.get("phase") == "Failed":
+                    raise StepFailed(f"the federated job failed: {status.get('conditions')}")
+                return status if status.get("phase") == "Succeeded" else None
+
+            status = await self.until(finished, interval=0.5)
+            p.detail(f"job Succeeded after {status.get('currentRound')} rounds; Model digits saved at {model_url}")
+
     def summary(self) -> None:
         k = self.kubeconfig
         print(
@@ -546,6 +669,7 @@ Everything is up. What runs, all on 127.0.0.1:
   kube-apiserver + etcd   {self.control_plane}
   CloudCore               wss :{self.ports.get("websocket")}   certificates https :{self.ports.get("https")}
   EdgeCore ({NODE})    config {self.edge.config}
+  EdgeCore (+2 nodes)     {", ".join(str(n.layout.config) for n in self.more) or "-"}
   containerd              {self.containerd.socket if self.containerd else "-"}
   mosquitto               tcp://127.0.0.1:{self.ports.get("mqtt")}
   kubage-mapper           --protocol virtual --node {NODE}
@@ -554,6 +678,7 @@ Look around:
   export KUBECONFIG={k}
   kubectl get nodes
   kubectl -n {NAMESPACE} get pods,devices -o wide
+  kubectl -n {NAMESPACE} get fl,datasets,models     # the federated job: phase, round, accuracy
   kubectl -n {NAMESPACE} get device {DEVICE} -o jsonpath='{{.status.twins}}'
   kubectl -n {NAMESPACE} logs -f deployment/{POD}   # through the tunnel, like exec and port-forward
   kubectl -n {NAMESPACE} exec -it deployment/{POD} -- sh
@@ -570,7 +695,7 @@ Look around:
     async def down(self) -> None:
         """Stop everything this demo started, in reverse order. Never raises."""
         print("stopping ...", end="", flush=True)
-        for name in ("mapper", "edgecore", "cloudcore"):
+        for name in ("mapper", *(f"edgecore-{n}" for n, _ in MORE_NODES), "edgecore", "cloudcore"):
             service = self.services.get(name)
             if service is not None:
                 await asyncio.to_thread(service.stop)
@@ -580,10 +705,15 @@ Look around:
         if self.containerd is None and self.containerd_start is not None:
             with contextlib.suppress(Exception):  # a start still running (Ctrl-C during it): wait, then stop it
                 self.containerd = await self.containerd_start
-        if self.containerd is not None:
-            problems = await asyncio.to_thread(self.containerd.stop)
-            for problem in problems:
-                print(f"\n  containerd: {problem}", end="")
+        for node in self.more:
+            if node.containerd is None and node.containerd_start is not None:
+                with contextlib.suppress(Exception):
+                    node.containerd = await node.containerd_start
+        for ctd in [self.containerd, *(n.containerd for n in self.more)]:
+            if ctd is not None:
+                problems = await asyncio.to_thread(ctd.stop)
+                for problem in problems:
+                    print(f"\n  containerd: {problem}", end="")
         if self.mosquitto is not None:
             await asyncio.to_thread(self.mosquitto.stop)
         if self.control_plane.exists():
@@ -714,16 +844,16 @@ def _read_state(directory: Path) -> dict[str, Any] | None:
 def cleanup_leftovers(directory: Path, state: dict[str, Any]) -> None:
     """Stop what a demo process that no longer runs had started: each pid only if it still runs its binary."""
     processes = state.get("processes") or {}
-    for name in ("mapper", "edgecore", "cloudcore", "mosquitto"):
+    for name in ("mapper", *(f"edgecore-{n}" for n, _ in MORE_NODES), "edgecore", "cloudcore", "mosquitto"):
         entry = processes.get(name)
         if isinstance(entry, dict) and isinstance(entry.get("pid"), int) and isinstance(entry.get("exe"), str):
             stop_pid(entry["pid"], entry["exe"], str(entry.get("arg") or ""))
-    ctd = state.get("containerd")
-    if isinstance(ctd, dict) and Path(str(ctd.get("root", ""))).is_dir():
-        process = _AdoptedProcess(int(ctd["pid"]), str(ctd["exe"]))
-        containerd = Containerd(root=Path(ctd["root"]), process=cast("subprocess.Popen[bytes]", process))
-        for problem in containerd.stop():
-            print(f"  containerd: {problem}")
+    for ctd in [state.get("containerd"), *(state.get("containerds") or [])]:
+        if isinstance(ctd, dict) and Path(str(ctd.get("root", ""))).is_dir():
+            process = _AdoptedProcess(int(ctd["pid"]), str(ctd["exe"]))
+            containerd = Containerd(root=Path(ctd["root"]), process=cast("subprocess.Popen[bytes]", process))
+            for problem in containerd.stop():
+                print(f"  containerd: {problem}")
     control_plane = Path(str(state.get("control_plane") or directory / "control-plane"))
     if control_plane.exists():
         subprocess.run(

@@ -67,9 +67,10 @@ def job(
     retries: int = 2,
     algorithm: str = "FedAvg",
     epochs: int = 1,
+    model_sizes: str = "64,32,10",
 ) -> dict[str, Any]:
     """A FederatedLearningJob: one training worker per Dataset (on its node), the aggregator on ``aggregator_node``."""
-    hyper = {"EPOCHS": str(epochs), "BATCH_SIZE": "10", "LEARNING_RATE": "0.1"}
+    hyper = {"EPOCHS": str(epochs), "BATCH_SIZE": "10", "LEARNING_RATE": "0.1", "MODEL_SIZES": model_sizes}
     spec: dict[str, Any] = {
         "aggregationWorker": {
             "model": {"name": model_name},
@@ -77,7 +78,9 @@ def job(
                 "spec": {
                     "nodeName": aggregator_node,
                     "terminationGracePeriodSeconds": 2,
-                    "containers": [_container("aggregator", "learning.aggregator", {"SEED": "0"})],
+                    "containers": [
+                        _container("aggregator", "learning.aggregator", {"SEED": "0", "MODEL_SIZES": model_sizes})
+                    ],
                 }
             },
         },

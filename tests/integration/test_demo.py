@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.demo import FL_ROUNDS
 from scripts.harness.procs import is_ours, production_env
 
 pytestmark = pytest.mark.kube
@@ -42,7 +43,7 @@ def test_the_demo_runs_every_step_and_leaves_nothing_running(tmp_path: Path) -> 
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
         env=production_env(),
     )
@@ -50,12 +51,15 @@ def test_the_demo_runs_every_step_and_leaves_nothing_running(tmp_path: Path) -> 
     assert "running at the edge, IP 10.244." in out.stdout  # placed by the scheduler, on the node's pod network
     assert "kubectl -n demo logs deployment/hello: hello from busybox on demo-edge" in out.stdout  # the tunnel
     assert "reported fanSpeed = 3" in out.stdout  # the desired value reached the device
-    assert "all 13 steps ok" in out.stdout
+    assert f"round {FL_ROUNDS}: accuracy" in out.stdout  # the federated job, round by round
+    assert "job Succeeded after" in out.stdout
+    assert "all 15 steps ok" in out.stdout
     # Every process it recorded has stopped, and nothing naming this run's demo dir or containerd root is left.
     recorded = json.loads((demo_dir / "logs" / "processes.json").read_text())
-    started = [recorded["containerd"], *recorded["processes"].values()]
+    containerds = [recorded["containerd"], *recorded["containerds"]]
+    started = [*containerds, *recorded["processes"].values()]
     assert {"cloudcore", "edgecore", "mapper", "mosquitto"} <= set(recorded["processes"])
     assert [p for p in started if is_ours(p["pid"], p["exe"], p.get("arg", ""))] == []
     roots = re.findall(r"(/tmp/kubage-containerd-\w+)", out.stdout)
-    assert set(roots) == {recorded["containerd"]["root"]}, out.stdout
+    assert set(roots) == {c["root"] for c in containerds}, out.stdout
     assert processes_mentioning(str(demo_dir), *roots) == []

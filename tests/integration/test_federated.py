@@ -21,7 +21,7 @@ import pytest
 
 from cloudcore.kube import Kube
 from scripts.harness import federated
-from scripts.harness.cluster import create_namespace
+from scripts.harness.cluster import ControlPlane, create_namespace
 from scripts.harness.containerd import Containerd
 from scripts.harness.containerd import start as start_containerd
 from scripts.harness.learning_image import REF as LEARNING_IMAGE
@@ -140,22 +140,32 @@ class Fleet:
         return site.edge.pod_log(m["namespace"], m["name"], m["uid"], container, attempt)
 
 
-@pytest.fixture
-async def fleet(
-    kube: Kube, cloud: CloudCoreProcess, runtimes: list[Containerd], pki: Pki, tmp_path: Path
+@contextlib.asynccontextmanager
+async def fleet_of(
+    kube: Kube, clouds: list[CloudCoreProcess], runtimes: list[Containerd], pki: Pki, workdir: Path
 ) -> AsyncIterator[Fleet]:
+    """Four nodes, node i connected to ``clouds[i * len(clouds) // 4]`` (the first half to the first replica)."""
     namespace = f"fl-{uuid.uuid4().hex[:8]}"
     await create_namespace(kube, namespace)
     async with contextlib.AsyncExitStack() as stack:
         sites = []
         for i, runtime in enumerate(runtimes):
+            cloud = clouds[i * len(clouds) // len(runtimes)]
             proxy = await stack.enter_async_context(FaultProxy("127.0.0.1", cloud.port))
-            edge = await stack.enter_async_context(edge_node(kube, proxy, runtime, pki, tmp_path / f"edge-{i}"))
+            edge = await stack.enter_async_context(edge_node(kube, proxy, runtime, pki, workdir / f"edge-{i}"))
             sites.append(Site(edge, proxy, runtime))
-        yield Fleet(kube, cloud, sites, namespace, tmp_path)
+        yield Fleet(kube, clouds[0], sites, namespace, workdir)
         with contextlib.suppress(Exception):  # the pods go with the namespace; stop them before the nodes go
             await kube.request("DELETE", f"/api/v1/namespaces/{namespace}")
             await eventually(lambda: _no_pods(kube, namespace), timeout=60, interval=0.5)
+
+
+@pytest.fixture
+async def fleet(
+    kube: Kube, cloud: CloudCoreProcess, runtimes: list[Containerd], pki: Pki, tmp_path: Path
+) -> AsyncIterator[Fleet]:
+    async with fleet_of(kube, [cloud], runtimes, pki, tmp_path) as found:
+        yield found
 
 
 async def _no_pods(kube: Kube, namespace: str) -> bool:
@@ -271,3 +281,29 @@ async def test_cloudcore_killed_mid_job_and_an_edge_cut_for_two_rounds_do_not_st
     assert [h["round"] for h in history] == list(range(1, 17))
     assert min(h["workers"] for h in history) == 3  # rounds went on without the cut node
     assert history[-1]["workers"] == 4  # and it rejoined
+
+
+async def test_a_trainer_and_the_aggregator_on_different_cloudcore_replicas(
+    kube: Kube, control_plane: ControlPlane, runtimes: list[Containerd], pki: Pki, tmp_path: Path
+) -> None:
+    first = CloudCoreProcess(tmp_path / "cc1", kubeconfig=control_plane.kubeconfig, pki=pki)
+    second = CloudCoreProcess(tmp_path / "cc2", kubeconfig=control_plane.kubeconfig, pki=pki)
+    first.start()
+    second.start()
+    try:
+        await first.wait_ready()
+        await second.wait_ready()
+        async with fleet_of(kube, [first, second], runtimes, pki, tmp_path) as fleet:
+            await fleet.start_job("ha", rounds=8)  # the aggregator on node 0 (first replica), trainers on both
+            job = await fleet.wait_phase("ha", ("Succeeded", "Failed"), timeout=300)
+            assert job["status"]["phase"] == "Succeeded", job["status"]
+            assert all(h["workers"] == 4 for h in _history(job))
+            forwarded = sum(_counter(c.metrics(), "kubage_cloudstream_forwarded_total") for c in (first, second))
+            assert forwarded > 0  # weights for a node held by the other replica went through it
+    finally:
+        first.stop()
+        second.stop()
+
+
+def _counter(metrics: str, name: str) -> float:
+    return next((float(x.split()[1]) for x in metrics.splitlines() if x.startswith(name + " ")), 0.0)
