@@ -595,7 +595,7 @@ def _transfer_request(namespace: str, job: str, content: dict[str, Any]) -> FlTr
     if not isinstance(transfer, str) or not isinstance(sha, str) or len(transfer) > 300 or len(sha) > 64:
         raise UpstreamError("content.id and content.sha256 must be short strings")
     if kind != "join" and not (transfer and len(sha) == 64):
-        raise UpstreamError(f"a {kind} transfer needs an id and a sha256")
+        raise UpstreamError(f"a transfer of kind {kind!r} needs content.id and a 64-digit content.sha256")
     return FlTransfer(
         namespace,
         job,

@@ -175,6 +175,18 @@ class GlobalManager:
         status = job_status(job, pods, self.reports.get(key), now=_now(), error=error)
         if status != (job.get("status") or {}):
             await self._write_status(job, status)
+        if status.get("phase") == "Failed":
+            await self._stop_active(namespace, pods)
+
+    async def _stop_active(self, namespace: str, pods: list[dict[str, Any]]) -> None:
+        """A failed job's workers would wait for a model that never comes: they are deleted, as a Job's are."""
+        for pod in pods:
+            if (pod.get("status") or {}).get("phase") in ("Pending", "Running") and not pod["metadata"].get(
+                "deletionTimestamp"
+            ):
+                with contextlib.suppress(NotFound):
+                    await self._kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}")
+                    log.info("fl_pod_stopped", pod=f"{namespace}/{pod['metadata']['name']}", reason="job failed")
 
     @staticmethod
     def _owned(pod: dict[str, Any], job: dict[str, Any]) -> bool:

@@ -36,6 +36,7 @@ from edgecore.localcontroller.mailbox import Mailbox, MailboxError, checked
 log = get_logger(__name__)
 
 SHA_HEADER = "X-Sedna-Sha256"
+JOB_LABEL = "sedna.io/job-name"  # on the pods the global manager creates
 MAX_WAIT_S = 30.0  # a long poll's longest wait
 
 
@@ -166,14 +167,42 @@ class LocalController:
             for key in set(self.loader.states) - wanted:
                 log.info("dataset_removed", dataset="/".join(key))
                 self.loader.forget(*key)
+            await self._forget_finished_jobs()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.check_seconds):
                     await self._wake.wait()
 
+    async def _forget_finished_jobs(self) -> None:
+        """The weights of jobs with no pod left on this node are of no more use here."""
+        pods = await self._store.list_kind("pod")
+        live = {
+            (p["metadata"].get("namespace", "default"), job)
+            for p in pods
+            if (job := (p["metadata"].get("labels") or {}).get(JOB_LABEL))
+        }
+        for key in self.mailbox.jobs() - live:
+            log.info("fl_job_forgotten", job="/".join(key))
+            self.mailbox.forget(*key)
+
     # --- the pods' endpoint ------------------------------------------------------------------------------
 
+    def _local_peer(self, writer: asyncio.StreamWriter) -> bool:
+        """A connection from this node itself: its own address (a host-network pod) or loopback. The endpoint
+        serves the node's pods, not its network neighbours."""
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else ""
+        return address in (self.host, "127.0.0.1", "::1") or address.startswith("127.")
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._local_peer(writer):
+            peer = writer.get_extra_info("peername")
+            log.warning("local_controller_refused", peer=str(peer[0]) if peer else "", reason="not from this node")
+            with contextlib.suppress(ConnectionError):
+                writer.write(_error(403, "the local controller serves only this node's pods").encode())
+                await writer.drain()
+            writer.close()
+            return
         try:
             head = await httphead.read_head(reader, timeout=10)
             size = self._body_size(head)

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +156,18 @@ class Mailbox:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._jobs: dict[tuple[str, str], JobBox] = {}
+
+    def jobs(self) -> set[tuple[str, str]]:
+        """Every job with weights on this node's disk."""
+        if not self.root.is_dir():
+            return set()
+        return {
+            (ns.name, job.name) for ns in self.root.iterdir() if ns.is_dir() for job in ns.iterdir() if job.is_dir()
+        }
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._jobs.pop((namespace, name), None)
+        shutil.rmtree(self.root / namespace / name, ignore_errors=True)
 
     def job(self, namespace: str, name: str) -> JobBox:
         key = (checked("namespace", namespace), checked("job", name))

@@ -132,6 +132,12 @@ async def test_the_endpoint_refuses_what_it_cannot_take_and_keeps_serving(tmp_pa
         assert await asyncio.to_thread(client.wait_model, after=-1, wait=0.2) is None
         status = await asyncio.to_thread(client.dataset, "nothing")
         assert status["phase"] == "Pending"
+
+        class _Writer:  # a connection from a neighbour on the node's network, not from the node itself
+            def get_extra_info(self, name: str) -> Any:
+                return ("10.9.9.9", 40000) if name == "peername" else None
+
+        assert not lc._local_peer(_Writer())  # type: ignore[arg-type]
     finally:
         lc._task.cancel()  # type: ignore[attr-defined]
     assert published == []

@@ -100,6 +100,16 @@ def test_every_builder_parses_back_to_its_request() -> None:
     assert upstream.parse(as_message(state)) == upstream.DeviceState("ns", "d", "online", "2026-01-01T00:00:00Z")
     query = upstream.query(ResourceType.CONFIGMAP, "ns", "cfg", now_ms=0)
     assert upstream.parse(query) == upstream.Query(ResourceType.CONFIGMAP, "ns", "cfg")
+    dataset = upstream.dataset_status("ns", "d", {"phase": "Ready", "numberOfSamples": 3})
+    assert upstream.parse(as_message(dataset)) == upstream.DatasetStatus(
+        "ns", "d", {"phase": "Ready", "numberOfSamples": 3}
+    )
+    report = {"name": "w", "kind": "aggregate", "status": "running", "ownerInfo": {"currentRound": 2}}
+    assert upstream.parse(as_message(upstream.worker_report("ns", "job", report))) == (
+        upstream.WorkerReport("ns", "job", "w", "aggregate", "running", {"currentRound": 2})
+    )
+    transfer = upstream.fl_transfer("ns", "job", kind="update", worker="w", round_=4, transfer="t1", size=9, sha256=SHA)
+    assert upstream.parse(as_message(transfer)) == upstream.FlTransfer("ns", "job", "update", "w", 4, "t1", 9, SHA)
 
 
 def test_only_nodes_pods_configmaps_and_secrets_can_be_queried() -> None:
@@ -121,6 +131,10 @@ def with_content(built: upstream.Upstream, content: Any) -> Message:
 NODE = upstream.node_registration("n", labels={}, status=STATUS)
 POD = upstream.pod_status("ns", "p", "u", {"phase": "Running"})
 TWIN = upstream.twin_reported("ns", "d", "x", value="1", value_type="int", timestamp_ms=0, observed_desired="")
+SHA = "a" * 64
+TRANSFER = upstream.fl_transfer("ns", "job", kind="update", worker="w", round_=1, transfer="t", size=1, sha256=SHA)
+REPORT = upstream.worker_report("ns", "job", {"name": "w", "kind": "train", "status": "running"})
+DATASET = upstream.dataset_status("ns", "d", {"numberOfSamples": 1})
 
 REFUSED = [
     (with_content(NODE, {"metadata": {"labels": ["a", "b"]}}), "content.metadata.labels must be an object, not a list"),
@@ -136,6 +150,13 @@ REFUSED = [
     (with_content(POD, {"uid": "u", "status": {"containerStatuses": {}}}), "containerStatuses must be a list"),
     (with_content(TWIN, {"twins": [{"propertyName": ["x"]}]}), r"twins\[0\].propertyName must be a non-empty string"),
     (with_content(TWIN, {"twins": []}), "content.twins must not be empty"),
+    (with_content(TRANSFER, {"kind": "steal", "worker": "w", "round": 1}), "content.kind must be one of"),
+    (with_content(TRANSFER, {"kind": "update", "worker": "w", "round": 1}), "of kind 'update' needs content.id"),
+    (with_content(TRANSFER, {"kind": "join", "worker": "w", "round": True}), "content.round must be an integer"),
+    (with_content(TRANSFER, {"kind": "join", "worker": "", "round": 0}), "content.worker must be a non-empty string"),
+    (with_content(REPORT, {"name": "w", "kind": "train", "status": "bored"}), "content.status must be running"),
+    (with_content(REPORT, {"name": "w", "kind": "cook", "status": "running"}), "content.kind must be 'train'"),
+    (with_content(DATASET, {"status": {"numberOfSamples": -1}}), "numberOfSamples must be a non-negative integer"),
     (dataclasses.replace(as_message(POD), route=dataclasses.replace(as_message(POD).route, resource="ns/fish/p")),
      "unknown resource type 'fish'"),
     (dataclasses.replace(as_message(POD), route=dataclasses.replace(as_message(POD).route, operation="delete")),
