@@ -169,7 +169,7 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
     )
     modules = [
         *(Module(f"informer.{i.name}", i.run) for i in [*informers, *learning]),
-        *([Module("globalmanager", manager.run)] if manager is not None else []),
+        *([Module("globalmanager", lambda: _after_sync(manager.run, [*informers, *learning]))] if manager else []),
         Module("cloudhub", run_hub, Restart.NEVER),
         Module("lease", lease.run),
         Module("monitor", monitor.run),
@@ -191,6 +191,12 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
     if streams is not None:
         modules.append(Module("cloudstream", streams.run))
     return modules, kube.close
+
+
+async def _after_sync(run: Callable[[], Awaitable[None]], informers: Sequence[Informer]) -> None:
+    """The global manager judges a job by its pods, Datasets and Model: only once every cache is complete."""
+    await asyncio.gather(*(informer.synced.wait() for informer in informers))
+    await run()
 
 
 def _both(placement_handler: Any, manager: GlobalManager | None) -> Any:

@@ -2,9 +2,11 @@
 
 Wait for the global model of a version newer than the last one trained on; train the local epochs on it
 (with FedProx's proximal term when the aggregation asks for one); send the update; repeat until a model comes
-marked final. An update not followed by a newer model within ``resend_s`` is sent again (the aggregator drops
-duplicates), so a lost message or a disconnected node only delays. A worker that restarts starts by joining:
-the node's local controller hands it the latest model, and it takes part from the current round on.
+marked final. An update not followed by a newer model within ``resend_s`` is sent again (the global manager
+carries an update it already delivered only once, and answers it with the newest model if there is one; the
+aggregator drops duplicates), so a lost message, a restarted CloudCore or a disconnected node only delays. A
+worker that restarts starts by joining: the node's local controller hands it the latest model, and it takes
+part from the current round on.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class FederatedLearning:
         aggregation: str | Aggregation = "FedAvg",
         *,
         lc: LCClient | None = None,
-        resend_s: float = 5.0,
+        resend_s: float = 3.0,
         poll_s: float = 5.0,
     ) -> None:
         self.estimator = estimator

@@ -73,6 +73,9 @@ class GlobalManager:
         self.pods: dict[Key, dict[str, dict[str, Any]]] = {}  # job → pod name → pod
         self.reports: dict[Key, dict[str, Any]] = {}  # job → the aggregator's latest report
         self._latest: dict[Key, _Latest] = {}  # job → the newest model carried (to hand to joining workers)
+        # (job, worker) → the sha256 of the update last delivered to the aggregator: a worker that sends the same
+        # update again is waiting for a model, not asking for its 10 MB to be carried twice.
+        self._delivered: dict[tuple[Key, str], str] = {}
         self._dirty: set[Key] = set()
         self._wake = asyncio.Event()
         self._relays: dict[tuple[Key, str, str], contract.FlTransfer] = {}  # waiting, newest per (job, worker, kind)
@@ -95,6 +98,8 @@ class GlobalManager:
             self.jobs.pop(key, None)
             self.reports.pop(key, None)
             self._latest.pop(key, None)
+            for delivered in [d for d in self._delivered if d[0] == key]:
+                del self._delivered[delivered]
         else:
             self.jobs[key] = job
         self._touch(key)
@@ -151,8 +156,7 @@ class GlobalManager:
 
     async def _reconcile(self, key: Key) -> None:
         job = self.jobs.get(key)
-        if job is None:
-            self.pods.pop(key, None)
+        if job is None:  # deleted (its pods go by garbage collection, and leave by their own events) or not yet listed
             return
         namespace = key[0]
         pods = [p for p in self.pods.get(key, {}).values() if self._owned(p, job)]
@@ -371,7 +375,8 @@ class GlobalManager:
             return
         if latest is None:
             latest = await self._newest_model(key)
-        if request.kind == "join" or (latest is not None and request.round < latest.round):
+        repeated = self._delivered.get((key, request.worker)) == request.sha256
+        if request.kind == "join" or repeated or (latest is not None and request.round < latest.round):
             if latest is not None and request.round < latest.round:
                 await self._put(node, f"{base}/model?round={latest.round}", latest.blob, latest.sha)
             return
@@ -382,6 +387,7 @@ class GlobalManager:
         if fetched is None:
             return
         await self._put(aggregators[0], f"{base}/inbox/{request.worker}", fetched[0], fetched[1])
+        self._delivered[(key, request.worker)] = request.sha256
         self.relayed += 1
 
     async def _newest_model(self, key: Key) -> _Latest | None:

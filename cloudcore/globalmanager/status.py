@@ -118,7 +118,7 @@ def job_status(
         message = f"round {round_ + 1} in progress" if round_ else "training started"
         if not any(c.get("type") == "Training" and c.get("message") == message for c in conditions):
             status["conditions"] = _condition(conditions, "Training", "Training", message, now)
-    else:
+    elif old.get("phase") != "Running":  # once running, a pod restarting does not make the job Pending again
         status["phase"] = "Pending"
     return status
 

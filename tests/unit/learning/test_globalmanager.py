@@ -155,3 +155,15 @@ async def test_a_node_may_report_only_for_the_workers_and_datasets_it_holds() ->
     assert manager.reports == {}
     await manager.on_upstream("agg", report)  # type: ignore[arg-type]
     assert manager.reports[("ns", "fl")]["status"] == "completed"
+
+
+async def test_pods_listed_before_their_job_are_not_forgotten() -> None:
+    """After a restart the pod cache may fill before the job cache: the pods must still count once it does."""
+    manager = GlobalManager(_NoKube(), None)  # type: ignore[arg-type]
+    owner = [{"kind": "FederatedLearningJob", "uid": "job-uid"}]
+    for pod in build_pods(_job(), DATASETS, MODELS):
+        pod["metadata"]["ownerReferences"] = owner
+        manager.on_pod("ADDED", pod, None)
+    await manager._reconcile(("ns", "fl"))  # no job yet: nothing to do, nothing forgotten
+    report = upstream.WorkerReport("ns", "fl", "fl-trainer-1", "train", "running", {})
+    await manager.on_upstream("edge-1", report)  # type: ignore[arg-type]
