@@ -78,7 +78,8 @@ class GlobalManager:
         self._delivered: dict[tuple[Key, str], str] = {}
         self._dirty: set[Key] = set()
         self._wake = asyncio.Event()
-        self._relays: dict[tuple[Key, str, str], contract.FlTransfer] = {}  # waiting, newest per (job, worker, kind)
+        # waiting to be carried: the newest transfer (and the node it waits on) per (job, worker, kind)
+        self._relays: dict[tuple[Key, str, str], tuple[NodeName, contract.FlTransfer]] = {}
         self._relaying: set[tuple[Key, str, str]] = set()
         self._slots = asyncio.Semaphore(RELAYS_AT_ONCE)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -306,17 +307,18 @@ class GlobalManager:
             )
             return
         slot = (key, request.worker, request.kind)
-        self._relays[slot] = request
+        self._relays[slot] = (node, request)
         if slot not in self._relaying:
             self._relaying.add(slot)
-            task = asyncio.get_running_loop().create_task(self._relay_loop(node, slot))
+            task = asyncio.get_running_loop().create_task(self._relay_loop(slot))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _relay_loop(self, node: NodeName, slot: tuple[Key, str, str]) -> None:
+    async def _relay_loop(self, slot: tuple[Key, str, str]) -> None:
         """Carry the newest transfer of one (job, worker, kind) until none is waiting."""
         try:
-            while (request := self._relays.pop(slot, None)) is not None:
+            while (waiting := self._relays.pop(slot, None)) is not None:
+                node, request = waiting
                 async with self._slots:
                     try:
                         await self._carry(node, request)

@@ -109,7 +109,7 @@ async def test_init_installs_cloudcore_and_a_second_run_changes_nothing(
     first = await init(control_plane)
     assert first.returncode == 0, first.stderr
     assert first.stderr == ""  # progress is keadm's own lines, not the reused cloud code's logs
-    assert "CRDs applied and established (2)" in first.stdout
+    assert "CRDs applied and established (5)" in first.stdout  # devices, device models; Sedna's three
     assert f"keadm gettoken --kube-config {control_plane.kubeconfig}" in first.stdout
     deployment = await kube.get(DEPLOYMENT)
     generation = deployment["metadata"]["generation"]
@@ -185,11 +185,19 @@ async def test_cloudcore_may_do_what_it_needs_and_no_more(control_plane: Control
         ("create", "tokenreviews", "", "authentication.k8s.io", ""),  # the stream server's client checks
         ("create", "subjectaccessreviews", "", "authorization.k8s.io", ""),
         ("patch", "leases", "kube-node-lease", "coordination.k8s.io", ""),  # the session directory annotation
+        # the global manager: a federated job's pods, and the status of jobs, Datasets and Models
+        ("create", "pods", "shop-floor", "", ""),
+        ("watch", "federatedlearningjobs", "", "sedna.io", ""),
+        ("patch", "federatedlearningjobs", "shop-floor", "sedna.io", "status"),
+        ("update", "federatedlearningjobs", "shop-floor", "sedna.io", "finalizers"),
+        ("patch", "datasets", "shop-floor", "sedna.io", "status"),
+        ("patch", "models", "shop-floor", "sedna.io", "status"),
     ]
     for verb, resource, namespace, group, sub in needed:
         assert await allowed(verb, resource, namespace, group, sub), f"cloudcore cannot {verb} {resource}/{sub}"
     refused = [
-        ("create", "pods", "shop-floor", "", ""),  # CloudCore never schedules anything
+        ("patch", "federatedlearningjobs", "shop-floor", "sedna.io", ""),  # status only, never the spec
+        ("create", "datasets", "shop-floor", "sedna.io", ""),
         ("update", "secrets", "kubeedge", "", ""),  # the CA Secret is created once, never replaced
         ("delete", "secrets", "kubeedge", "", ""),
         ("create", "secrets", "shop-floor", "", ""),
@@ -220,7 +228,7 @@ async def test_dry_run_prints_every_manifest_and_contacts_no_cluster(tmp_path: P
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     kinds = [d["kind"] for d in docs]
     assert kinds[0] == "Namespace"
-    assert kinds.count("CustomResourceDefinition") == 2
+    assert kinds.count("CustomResourceDefinition") == 5  # devices, device models; Sedna's Datasets, Models, FederatedLearningJobs
     assert kinds.index("CustomResourceDefinition") < kinds.index("Deployment")
     assert {
         "ServiceAccount",
