@@ -97,7 +97,9 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
             config, kube=kube, hub=hub, placement=placement, ca=ca, ca_pem=ca_pem, endpoint=stream_endpoint(config)
         )
     manager = (
-        GlobalManager(kube, streams.request if streams else None) if config.modules.global_manager.enable else None
+        GlobalManager(kube, streams.request if streams else None, hub.send)
+        if config.modules.global_manager.enable
+        else None
     )
     hub.upstream.learning = manager.on_upstream if manager is not None else None
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from common import fl
 from common.messages import Group, Message, MessageError, Operation, Resource, new_message
 
 # Deeper than any real pod or node status (about 6 levels); the cloud's JSON serializer recurses.
@@ -305,15 +306,27 @@ def fl_transfer(
     transfer: str = "",
     size: int = 0,
     sha256: str = "",
+    blob: bytes | None = None,
 ) -> Upstream:
-    """A blob of weights waiting on this node for the cloud to fetch (``kind`` update or model), or a worker
-    asking for the latest model (``join``); the latest of each (worker, kind) travels."""
+    """A blob of weights (``kind`` update or model): inside the message when it is small (``blob``, at most
+    common.fl.INLINE_MAX), else waiting on this node for the cloud to fetch by its ``transfer`` id; or a worker
+    asking for the latest model (``join``). The latest of each (worker, kind) travels."""
+    content: dict[str, Any] = {
+        "kind": kind,
+        "worker": worker,
+        "round": round_,
+        "id": transfer,
+        "size": size,
+        "sha256": sha256,
+    }
+    if blob is not None:
+        content["blob"] = fl.encode_blob(blob)
     return Upstream(
         f"fltransfer/{namespace}/{job}/{worker}/{kind}",
         Group.SEDNA,
         Operation.INSERT,
         _resource(namespace, ResourceType.FLTRANSFER, job),
-        {"kind": kind, "worker": worker, "round": round_, "id": transfer, "size": size, "sha256": sha256},
+        content,
     )
 
 
@@ -341,9 +354,10 @@ class FlTransfer:
     kind: str
     worker: str
     round: int
-    id: str
+    id: str  # where the blob waits on the node, when it is not inline
     size: int
     sha256: str
+    blob: bytes | None = None  # the blob itself, when it is small enough to travel inline
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,8 +608,16 @@ def _transfer_request(namespace: str, job: str, content: dict[str, Any]) -> FlTr
     transfer, sha = content.get("id", ""), content.get("sha256", "")
     if not isinstance(transfer, str) or not isinstance(sha, str) or len(transfer) > 300 or len(sha) > 64:
         raise UpstreamError("content.id and content.sha256 must be short strings")
-    if kind != "join" and not (transfer and len(sha) == 64):
-        raise UpstreamError(f"a transfer of kind {kind!r} needs content.id and a 64-digit content.sha256")
+    blob = None
+    if "blob" in content:
+        try:
+            blob = fl.decode_blob(content["blob"], sha, "content.blob")
+        except fl.TransferError as exc:
+            raise UpstreamError(str(exc)) from None
+    if kind != "join" and not ((transfer or blob is not None) and len(sha) == 64):
+        raise UpstreamError(
+            f"a transfer of kind {kind!r} needs content.id (or content.blob) and a 64-digit content.sha256"
+        )
     return FlTransfer(
         namespace,
         job,
@@ -605,6 +627,7 @@ def _transfer_request(namespace: str, job: str, content: dict[str, Any]) -> FlTr
         transfer,
         _int_in(content.get("size", 0), "content.size", 0, 1 << 40),
         sha,
+        blob,
     )
 
 

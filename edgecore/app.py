@@ -10,8 +10,9 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from common.fl import is_delivery
 from common.logging import get_logger
-from common.messages import NodeName
+from common.messages import Message, NodeName
 from common.monitor import Monitor
 from common.supervisor import Module, Restart
 from common.systemd import notify, watchdog
@@ -28,6 +29,7 @@ from edgecore.edged.node import NodeReporter, host_ip_towards, node_status
 from edgecore.edged.runtime import FullRuntime
 from edgecore.edged.satokens import ServiceAccountTokens
 from edgecore.edgehub import EdgeHub, EdgeHubSettings
+from edgecore.edgehub.hub import MessageHandler
 from edgecore.edgestream import EdgeStream
 from edgecore.edgestream.kubelet import KubeletApi
 from edgecore.eventbus import EventBus, EventBusSettings
@@ -104,7 +106,7 @@ async def build(
             sedna=local_controller.serve_cloud if local_controller is not None else None,
         )
         stream = EdgeStream(api=api, dial=hub.dial, max_streams=config.modules.edge_stream.max_streams)
-        hub.set_message_handler(stream.on_message)
+    hub.set_message_handler(_best_effort_router(stream, local_controller))
 
     async def current_status() -> dict[str, Any]:
         if runtime is None:
@@ -167,6 +169,21 @@ async def build(
         await store.close()
 
     return modules, close
+
+
+def _best_effort_router(stream: EdgeStream | None, local_controller: LocalController | None) -> MessageHandler:
+    """The cloud's best-effort messages: weights delivered inline go to the local controller, the rest (stream
+    requests, and what nothing here asked for) to EdgeStream, which logs what it does not handle."""
+
+    async def route(message: Message) -> None:
+        if local_controller is not None and is_delivery(message):
+            await local_controller.on_message(message)
+        elif stream is not None:
+            await stream.on_message(message)
+        else:
+            log.info("cloud_message_unhandled", operation=message.route.operation, resource=message.route.resource)
+
+    return route
 
 
 def _local_controller(

@@ -29,9 +29,11 @@ from cloudcore.edgecontroller.upstream import Refused
 from cloudcore.globalmanager.pods import AGGREGATOR, API_VERSION, JOB_LABEL, TRAINER, TYPE_LABEL, JobError, build_pods
 from cloudcore.globalmanager.status import FINAL, job_status, model_metrics
 from cloudcore.kube import MERGE_PATCH, Conflict, Kube, KubeError, NotFound
+from common import fl
 from common import upstream as contract
+from common.hublink import now_ms
 from common.logging import get_logger
-from common.messages import NodeName
+from common.messages import Message, NodeName
 
 log = get_logger(__name__)
 
@@ -42,6 +44,7 @@ Key = tuple[str, str]  # (namespace, job)
 
 
 NodeRequest = Callable[..., Awaitable[Any]]  # StreamServer.request(node, method, path, body, headers)
+Send = Callable[[NodeName, Message], Awaitable[bool]]  # CloudHub.send: False when the node is not connected here
 
 
 @dataclass
@@ -64,9 +67,10 @@ def _jobs_path(namespace: str, plural: str, name: str = "") -> str:
 
 
 class GlobalManager:
-    def __init__(self, kube: Kube, request: NodeRequest | None) -> None:
+    def __init__(self, kube: Kube, request: NodeRequest | None, send: Send | None = None) -> None:
         self._kube = kube
         self._request = request  # None: no stream server, so no weights can be carried
+        self._send = send  # CloudHub.send: small blobs go down inline to the nodes connected here
         self.jobs: dict[Key, dict[str, Any]] = {}
         self.datasets: dict[Key, dict[str, Any]] = {}
         self.models: dict[Key, dict[str, Any]] = {}
@@ -348,6 +352,19 @@ class GlobalManager:
         round_header = answer.headers.header("X-Sedna-Round")
         return answer.body, sha, int(round_header) if round_header.lstrip("-").isdigit() else -1
 
+    async def _deliver(self, node: NodeName, delivery: fl.Delivery) -> None:
+        """A blob to a node's local controller: inline if it is small and the node's session is here (no
+        connection to set up), else over a stream (through the replica holding the node, if need be)."""
+        small = len(delivery.blob) <= fl.INLINE_MAX
+        if small and self._send is not None and await self._send(node, delivery.message(now_ms=now_ms())):
+            self.bytes_relayed += len(delivery.blob)
+            return
+        base = f"/sedna/fl/{delivery.namespace}/{delivery.job}"
+        if delivery.kind == "model":
+            await self._put(node, f"{base}/model?round={delivery.round}", delivery.blob, delivery.sha256)
+        else:
+            await self._put(node, f"{base}/inbox/{delivery.worker}", delivery.blob, delivery.sha256)
+
     async def _put(self, node: NodeName, path: str, blob: bytes, sha: str) -> None:
         assert self._request is not None
         answer = await self._request(node, "PUT", path, blob, {SHA_HEADER: sha})
@@ -357,19 +374,16 @@ class GlobalManager:
 
     async def _carry(self, node: NodeName, request: contract.FlTransfer) -> None:
         key = (request.namespace, request.job)
-        base = f"/sedna/fl/{request.namespace}/{request.job}"
         latest = self._latest.get(key)
         if request.kind == "model":
-            fetched = await self._fetch(node, f"{base}/outgoing/{request.id}")
+            fetched = await self._blob_of(node, request)
             if fetched is None or fetched[1] != request.sha256:
                 return  # superseded on the node already: its newer announcement follows
             if latest is None or request.round >= latest.round:
                 self._latest[key] = latest = _Latest(request.round, fetched[0], fetched[1])
+            model = self._model_delivery(key, latest)
             targets = [n for n in self._nodes_of(key, TRAINER) if n != node]
-            results = await asyncio.gather(
-                *(self._put(n, f"{base}/model?round={request.round}", latest.blob, latest.sha) for n in targets),
-                return_exceptions=True,
-            )
+            results = await asyncio.gather(*(self._deliver(n, model) for n in targets), return_exceptions=True)
             for target, result in zip(targets, results, strict=True):
                 if isinstance(result, Exception):
                     log.info("fl_model_not_delivered", job="/".join(key), node=target, error=str(result))
@@ -380,17 +394,29 @@ class GlobalManager:
         repeated = self._delivered.get((key, request.worker)) == request.sha256
         if request.kind == "join" or repeated or (latest is not None and request.round < latest.round):
             if latest is not None and request.round < latest.round:
-                await self._put(node, f"{base}/model?round={latest.round}", latest.blob, latest.sha)
+                await self._deliver(node, self._model_delivery(key, latest))
             return
         aggregators = self._nodes_of(key, AGGREGATOR)
         if not aggregators:
             return
-        fetched = await self._fetch(node, f"{base}/outgoing/{request.id}")
+        fetched = await self._blob_of(node, request)
         if fetched is None:
             return
-        await self._put(aggregators[0], f"{base}/inbox/{request.worker}", fetched[0], fetched[1])
+        update = fl.Delivery(key[0], key[1], "update", request.worker, request.round, fetched[1], fetched[0])
+        await self._deliver(aggregators[0], update)
         self._delivered[(key, request.worker)] = request.sha256
         self.relayed += 1
+
+    @staticmethod
+    def _model_delivery(key: Key, latest: _Latest) -> fl.Delivery:
+        return fl.Delivery(key[0], key[1], "model", "aggregator", latest.round, latest.sha, latest.blob)
+
+    async def _blob_of(self, node: NodeName, request: contract.FlTransfer) -> tuple[bytes, str] | None:
+        """The transfer's blob: in the message, or fetched from the node where it waits."""
+        if request.blob is not None:
+            return request.blob, request.sha256
+        fetched = await self._fetch(node, f"/sedna/fl/{request.namespace}/{request.job}/outgoing/{request.id}")
+        return (fetched[0], fetched[1]) if fetched is not None else None
 
     async def _newest_model(self, key: Key) -> _Latest | None:
         """After a restart of this CloudCore: the model the aggregator's node has."""

@@ -25,10 +25,11 @@ from urllib.parse import unquote
 
 import orjson
 
-from common import httphead
+from common import fl, httphead
 from common import upstream as contract
 from common.httphead import HeadError, RequestHead
 from common.logging import get_logger
+from common.messages import Message
 from common.streams import RELAY_CHUNK, Pipe
 from edgecore.localcontroller.loader import DatasetLoader, DatasetState
 from edgecore.localcontroller.mailbox import Mailbox, MailboxError, checked
@@ -333,44 +334,45 @@ class LocalController:
         await self._publish(contract.fl_transfer(namespace, job, kind="join", worker=worker, round_=box.model_round))
         return Response(204)
 
+    async def _announce(self, namespace: str, job: str, *, kind: str, worker: str, round_: int, blob: bytes) -> None:
+        """Tell the cloud a blob is here: inside the message if it is small, else staged for it to fetch."""
+        sha = hashlib.sha256(blob).hexdigest()
+        if len(blob) <= fl.INLINE_MAX:
+            message = contract.fl_transfer(
+                namespace, job, kind=kind, worker=worker, round_=round_, size=len(blob), sha256=sha, blob=blob
+            )
+        else:
+            slot = "model" if kind == "model" else f"update-{checked('worker', worker)}"
+            staged = self.mailbox.job(namespace, job).stage(slot, blob)
+            message = contract.fl_transfer(
+                namespace, job, kind=kind, worker=worker, round_=round_, transfer=staged.id, size=len(blob), sha256=sha
+            )
+        await self._publish(message)
+
+    async def on_message(self, message: Message) -> None:
+        """A blob the cloud delivered inline (common/fl.py): an update for the aggregator here, or a model."""
+        try:
+            delivery = fl.parse_delivery(message)
+            box = self.mailbox.job(delivery.namespace, delivery.job)
+            if delivery.kind == "update":
+                await box.deliver(checked("worker", delivery.worker), delivery.blob)
+            else:
+                await box.put_model(delivery.round, delivery.blob, delivery.sha256)
+        except (fl.TransferError, MailboxError) as exc:
+            log.warning("fl_delivery_refused", resource=message.route.resource[:200], reason=str(exc))
+
     async def _hand_in_update(self, r: Request, namespace: str, job: str, worker: str) -> Response:
         blob = self._checked_body(r)
         round_ = int(_number(r, "round", -1, -1, contract.MAX_FL_ROUND))
-        staged = self.mailbox.job(namespace, job).stage(f"update-{checked('worker', worker)}", blob)
-        sha = hashlib.sha256(blob).hexdigest()
-        await self._publish(
-            contract.fl_transfer(
-                namespace,
-                job,
-                kind="update",
-                worker=worker,
-                round_=round_,
-                transfer=staged.id,
-                size=len(blob),
-                sha256=sha,
-            )
-        )
+        await self._announce(namespace, job, kind="update", worker=checked("worker", worker), round_=round_, blob=blob)
         return Response(204)
 
     async def _publish_model(self, r: Request, namespace: str, job: str) -> Response:
         blob = self._checked_body(r)
         round_ = int(_number(r, "round", 0, 0, contract.MAX_FL_ROUND))
         box = self.mailbox.job(namespace, job)
-        sha = hashlib.sha256(blob).hexdigest()
-        await box.put_model(round_, blob, sha)  # trainers on this node need not wait for the cloud
-        staged = box.stage("model", blob)
-        await self._publish(
-            contract.fl_transfer(
-                namespace,
-                job,
-                kind="model",
-                worker="aggregator",
-                round_=round_,
-                transfer=staged.id,
-                size=len(blob),
-                sha256=sha,
-            )
-        )
+        await box.put_model(round_, blob, hashlib.sha256(blob).hexdigest())  # trainers here need not wait
+        await self._announce(namespace, job, kind="model", worker="aggregator", round_=round_, blob=blob)
         return Response(204)
 
     async def _wait_model(self, r: Request, namespace: str, job: str) -> Response:

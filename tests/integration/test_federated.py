@@ -240,7 +240,8 @@ async def _kill(fleet: Fleet, pod_name: str, container: str) -> dict[str, Any]:
 
 
 async def test_a_killed_trainer_rejoins_and_a_killed_aggregator_resumes_from_its_checkpoint(fleet: Fleet) -> None:
-    await fleet.start_job("faults", rounds=16, min_workers=3, round_timeout_s=5)
+    # 50 local epochs a round: rounds of a few tenths of a second, slow enough to kill things in the middle of
+    await fleet.start_job("faults", rounds=30, min_workers=3, round_timeout_s=5, epochs=50)
     await fleet.wait_round("faults", 3)
     await _kill(fleet, "faults-trainer-1", "trainer")  # mid-round: the quorum of 3 carries the rounds on
     await fleet.wait_round("faults", 8)
@@ -248,7 +249,7 @@ async def test_a_killed_trainer_rejoins_and_a_killed_aggregator_resumes_from_its
     job = await fleet.wait_phase("faults", ("Succeeded", "Failed"), timeout=300)
     assert job["status"]["phase"] == "Succeeded", job["status"]
     history = _history(job)
-    assert [h["round"] for h in history] == list(range(1, 17))  # resumed where it was: no round lost or repeated
+    assert [h["round"] for h in history] == list(range(1, 31))  # resumed where it was: no round lost or repeated
     assert history[-1]["workers"] == 4  # the restarted trainer is back in
     trainer = await fleet.kube.get(f"/api/v1/namespaces/{fleet.namespace}/pods/faults-trainer-1")
     aggregator = await fleet.kube.get(f"/api/v1/namespaces/{fleet.namespace}/pods/faults-aggregator")
@@ -262,7 +263,7 @@ async def test_a_killed_trainer_rejoins_and_a_killed_aggregator_resumes_from_its
 async def test_an_edge_cut_for_two_rounds_and_cloudcore_killed_meanwhile_do_not_stop_the_job(fleet: Fleet) -> None:
     # The deadline covers a CloudCore restart (with the edges' reconnect backoff and the workers' resend) three
     # times over; 30 rounds leave rounds to rejoin in after the cut heals.
-    await fleet.start_job("outage", rounds=30, min_workers=3, round_timeout_s=8)
+    await fleet.start_job("outage", rounds=30, min_workers=3, round_timeout_s=8, epochs=50)  # rounds of tenths of a s
     await fleet.wait_round("outage", 2)
     cut = fleet.sites[2]  # a trainer's node, not the aggregator's
     cut.proxy.refuse()
@@ -295,7 +296,9 @@ async def test_a_trainer_and_the_aggregator_on_different_cloudcore_replicas(
         await first.wait_ready()
         await second.wait_ready()
         async with fleet_of(kube, [first, second], runtimes, pki, tmp_path) as fleet:
-            await fleet.start_job("ha", rounds=8)  # the aggregator on node 0 (first replica), trainers on both
+            # The aggregator on node 0 (first replica), trainers on both; a model of 90 KB, above common.fl's
+            # INLINE_MAX, so its blobs wait on their nodes and travel over streams, through the other replica.
+            await fleet.start_job("ha", rounds=8, model_sizes="64,300,10")
             job = await fleet.wait_phase("ha", ("Succeeded", "Failed"), timeout=300)
             assert job["status"]["phase"] == "Succeeded", job["status"]
             assert all(h["workers"] == 4 for h in _history(job))

@@ -228,7 +228,7 @@ async def test_dry_run_prints_every_manifest_and_contacts_no_cluster(tmp_path: P
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     kinds = [d["kind"] for d in docs]
     assert kinds[0] == "Namespace"
-    assert kinds.count("CustomResourceDefinition") == 5  # devices, device models; Sedna's Datasets, Models, FederatedLearningJobs
+    assert kinds.count("CustomResourceDefinition") == 5  # devices, device models; Sedna's three kinds
     assert kinds.index("CustomResourceDefinition") < kinds.index("Deployment")
     assert {
         "ServiceAccount",
