@@ -28,7 +28,7 @@ from cloudcore.edgecontroller.lease import LeaseRenewer
 from cloudcore.edgecontroller.placement import EDGE_LABEL, Placement
 from cloudcore.edgecontroller.upstream import RetryPolicy, Upstream
 from cloudcore.globalmanager import GlobalManager
-from cloudcore.informer import Informer
+from cloudcore.informer import Handler, Informer
 from cloudcore.kube import Kube
 from cloudcore.monitor import HubCollector
 from common.hublink import now_ms
@@ -201,7 +201,7 @@ async def _after_sync(run: Callable[[], Awaitable[None]], informers: Sequence[In
     await run()
 
 
-def _both(placement_handler: Any, manager: GlobalManager | None) -> Any:
+def _both(placement_handler: Handler, manager: GlobalManager | None) -> Handler:
     """Datasets go to their node (placement) and to the global manager."""
     if manager is None:
         return placement_handler

@@ -129,6 +129,7 @@ def _plan(args: argparse.Namespace, layout: EdgeLayout) -> Plan:
                 "rootDirectory": str(layout.edged_root),
                 "nodeLabels": labels,
             },
+            "localController": {"rootDirectory": str(layout.sedna_root)},
         },
     }
     overrides: dict[str, str] = {}

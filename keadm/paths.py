@@ -62,6 +62,11 @@ class EdgeLayout:
         return self.var / "edgecore.db"
 
     @property
+    def sedna_root(self) -> Path:
+        """The local controller's Datasets and weights in transit."""
+        return self.var / "sedna"
+
+    @property
     def edged_root(self) -> Path:
         return self.var / "edged"
 

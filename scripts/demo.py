@@ -471,9 +471,6 @@ class Demo:
                 f"modules.edged.bridgeName={cni['bridgeName']}",
                 "--set",
                 "modules.edged.masquerade=false",
-                # the local controller's datasets and weights inside the demo's directory
-                "--set",
-                f"modules.localController.rootDirectory={layout.root / 'var' / 'lib' / 'kubage' / 'sedna'}",
             ],
         )
 

@@ -7,6 +7,7 @@ The Lease's renewTime also says when the node was last connected.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass
 
@@ -37,10 +38,14 @@ class SessionDirectory:
         self.endpoint = endpoint  # this replica's stream server, as other replicas reach it
 
     async def holder(self, node: str) -> Holder:
-        try:
-            lease = await self._kube.get_or_none(f"{LEASES}/{node}")
-        except KubeError:
-            lease = None
+        lease = None
+        for attempt in range(3):  # a busy API server's hiccup must not read as "never connected"
+            try:
+                lease = await self._kube.get_or_none(f"{LEASES}/{node}")
+                break
+            except KubeError:
+                if attempt < 2:
+                    await asyncio.sleep(0.2)
         if lease is None:
             return Holder("", None, fresh=False)
         endpoint = str(((lease.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION, ""))

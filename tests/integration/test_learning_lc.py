@@ -7,7 +7,10 @@ the tunnel is tests/integration/test_federated.py."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import http.server
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +192,38 @@ async def test_the_data_loader_copies_checks_and_counts_a_dataset(tmp_path: Path
     phases = [m.content["status"]["phase"] for m in published if m.key == "dataset/default/shard"]
     assert phases[:2] == ["Loading", "Ready"]
     assert phases[-1] == "Failed"
+
+
+async def test_the_data_loader_fetches_an_http_url(tmp_path: Path) -> None:
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "shard.csv").write_text("f0,label\n1,2\n3,4\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    published: list[Upstream] = []
+    lc, port = await _start(tmp_path / "lc", published)
+    store = lc._store
+    assert isinstance(store, _Store)
+    url = f"http://127.0.0.1:{server.server_address[1]}/shard.csv"
+    store.objects = [
+        {
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1"},
+            "spec": {"url": url, "format": "csv", "nodeName": "edge-a"},
+        }
+    ]
+    client = LCClient(f"http://127.0.0.1:{port}", namespace="default", job="job", worker="w", patience=2)
+    try:
+        lc.wake()
+        for _ in range(100):
+            status = await asyncio.to_thread(client.dataset, "web")
+            if status["phase"] in ("Ready", "Failed"):
+                break
+            await asyncio.sleep(0.05)
+        assert (status["phase"], status["numberOfSamples"], status["progress"]) == ("Ready", 2, 100), status
+        assert (await asyncio.to_thread(client.dataset_bytes, "web"))[0] == (served / "shard.csv").read_bytes()
+    finally:
+        lc._task.cancel()  # type: ignore[attr-defined]
+        server.shutdown()
+        server.server_close()

@@ -190,3 +190,33 @@ def test_a_checkpoint_restores_round_weights_and_history(tmp_path: Path) -> None
     assert (back.round, back.history, back.counters) == (7, [{"round": 7, "accuracy": 0.5}], {"stale": 2})
     assert all(np.array_equal(a, b) for a, b in zip(weights, back.weights, strict=True))
     assert list(tmp_path.iterdir()) == [tmp_path / checkpoints.NAME]  # no temporary file left behind
+
+
+def test_a_scikit_learn_model_takes_part_through_the_adapter() -> None:
+    import warnings  # noqa: PLC0415
+
+    from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
+    from sklearn.neural_network import MLPClassifier  # noqa: PLC0415
+
+    from learning.estimator import SklearnEstimator  # noqa: PLC0415
+
+    (x, y), (tx, ty) = data.digits()
+    shards = data.shards((x, y), 2, iid=True)
+    model = {"hidden_layer_sizes": (32,), "learning_rate_init": 0.01, "batch_size": 10}
+    workers = [SklearnEstimator(MLPClassifier(**model, random_state=i), np.arange(10)) for i in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for worker, shard in zip(workers, shards, strict=True):
+            worker.train(*shard, epochs=1)  # scikit-learn makes its arrays on the first fit
+        for worker in workers:
+            worker.set_weights(workers[0].get_weights())  # one global model to start from, as in FedAvg
+        for _ in range(5):
+            for worker, shard in zip(workers, shards, strict=True):
+                worker.train(*shard, epochs=2)
+            merged = FedAvg().aggregate([(w.get_weights(), len(s[1])) for w, s in zip(workers, shards, strict=True)])
+            for worker in workers:
+                worker.set_weights(merged)
+    assert [w.shape for w in merged] == [(64, 32), (32,), (32, 10), (10,)]
+    assert workers[0].evaluate(tx, ty).accuracy > 0.8
+    with pytest.raises(ValueError, match="does not support FedProx"):
+        workers[0].train(x, y, epochs=1, prox=(merged, 0.1))
