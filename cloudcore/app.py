@@ -27,7 +27,8 @@ from cloudcore.edgecontroller.autonomy import Autonomy
 from cloudcore.edgecontroller.lease import LeaseRenewer
 from cloudcore.edgecontroller.placement import EDGE_LABEL, Placement
 from cloudcore.edgecontroller.upstream import RetryPolicy, Upstream
-from cloudcore.globalmanager import GlobalManager
+from cloudcore.globalmanager import GlobalManager, training
+from cloudcore.globalmanager.pods import JOB_LABEL
 from cloudcore.informer import Handler, Informer
 from cloudcore.kube import Kube
 from cloudcore.monitor import HubCollector
@@ -141,6 +142,14 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
                 handler=manager.on_job,
             ),
             Informer(kube, "/apis/sedna.io/v1alpha1/models", name="models", handler=manager.on_model),
+            # Distributed jobs' trainers run as the Training Operator's PyTorchJobs (when its CRDs are installed)
+            Informer(
+                kube,
+                f"/apis/{training.API_VERSION}/{training.PLURAL}",
+                name=training.PLURAL,
+                handler=manager.on_training_job,
+                query=[("labelSelector", JOB_LABEL)],
+            ),
         ]
         if manager is not None
         else []

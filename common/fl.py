@@ -1,7 +1,7 @@
 """Federated learning's weights between CloudCore and EdgeCore's local controller: the contract.
 
 A blob of weights (a worker's update, or the aggregator's model; learning/weights.py's format, opaque here)
-travels one of two ways:
+travels one of two ways (and so does the list of an elastic job's trainers, for its aggregator):
 
 - up to ``INLINE_MAX`` bytes, inside the messages themselves: in the ``fltransfer`` upstream message
   (common/upstream.py) and in a best-effort ``deliver`` message down, base64, so a small model's round costs
@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,10 @@ from common.messages import Group, Message, MessageError, Resource, new_message
 
 INLINE_MAX = 64 * 1024  # bytes of blob; a hub frame holds it easily beside the sync traffic
 DELIVER = "deliver"  # the operation of a blob delivered down
-KINDS = ("update", "model")
+MODEL_FILE = "model"  # the transfer id of a big model: the cloud fetches the node's model file itself
+MEMBERS = "members"  # the trainers an elastic job's aggregator should expect: JSON, newest generation wins
+KINDS = ("update", "model", MEMBERS)
+MAX_MEMBERS = 1000
 _B64_MAX = 4 * ((INLINE_MAX + 2) // 3)
 
 
@@ -102,3 +106,25 @@ def parse_delivery(message: Message) -> Delivery:
     return Delivery(
         resource.namespace, resource.name, kind, worker, round_, sha, decode_blob(content.get("blob"), sha, "blob")
     )
+
+
+def members_delivery(namespace: str, job: str, members: list[str], *, generation: int) -> Delivery:
+    """The trainers an elastic job has now, for its aggregator's node; ``generation`` orders the tellings."""
+    blob = json.dumps({"workers": sorted(members)}).encode()
+    return Delivery(namespace, job, MEMBERS, "globalmanager", generation, hashlib.sha256(blob).hexdigest(), blob)
+
+
+def members_of(blob: bytes) -> list[str]:
+    """The trainers in a members blob; TransferError if it is not one."""
+    try:
+        value = json.loads(blob)
+    except ValueError:
+        raise TransferError("a members blob must be JSON") from None
+    workers = value.get("workers") if isinstance(value, dict) else None
+    if (
+        not isinstance(workers, list)
+        or len(workers) > MAX_MEMBERS
+        or not all(isinstance(w, str) and 0 < len(w) <= 253 for w in workers)
+    ):
+        raise TransferError(f'a members blob is {{"workers": [names]}} with at most {MAX_MEMBERS} names')
+    return workers

@@ -104,6 +104,17 @@ class LCClient:
     def publish_model(self, blob: bytes, round_: int) -> None:
         self._call("PUT", self._fl("model", round=round_), blob, {SHA_HEADER: digest(blob)})
 
+    def members(self) -> list[str] | None:
+        """The trainers of an elastic job as the global manager last told this node; None before any telling."""
+        try:
+            _, _, body = self._call("GET", self._fl("members"))
+        except LCError as exc:
+            if ": 404 " in str(exc):
+                return None
+            raise
+        workers = json.loads(body).get("workers")
+        return [str(w) for w in workers] if isinstance(workers, list) else None
+
     def next_update(self, *, wait: float) -> bytes | None:
         status, headers, body = self._call("GET", self._fl("inbox", wait=wait), wait=wait)
         if status == 204:

@@ -96,6 +96,7 @@ def aggregator() -> int:
         initial_weights=_model().get_weights(),
         checkpoint_dir=Path(_env("CHECKPOINT_DIR", str(model_url.parent / "checkpoint"))),
         evaluate=evaluate,
+        elastic=_env("ELASTIC_WORKERS") == "true",
     )
     outcome = server.run()
     if outcome.succeeded:
@@ -118,19 +119,28 @@ def aggregator() -> int:
 
 def datawait() -> int:
     """The init container: wait until the node's local controller has the whole Dataset, copy it into the
-    pod's data directory, check its sha256, exit. Training starts only on complete data."""
+    pod's data directory, check its sha256, exit. Training starts only on complete data.
+
+    ``DATASET_NAME`` names the Dataset; an operator's worker, which may land on any of the job's data nodes,
+    gets ``DATASET_NAMES`` instead and takes the one bound to its node, copied to ``DATA_FILE``."""
     _logging()
     log = logging.getLogger("learning.datawait")
     lc = _client()
-    name = _env("DATASET_NAME")
+    names = [n for n in _env("DATASET_NAMES", _env("DATASET_NAME")).split(",") if n]
     target = Path(_env("DATA_DIR", "/data"))
     last = ""
     while True:
-        status = lc.dataset(name)
-        phase = str(status.get("phase", ""))
-        if phase == "Ready":
+        statuses = {n: lc.dataset(n) for n in names}
+        here = names if len(names) == 1 else [n for n, s in statuses.items() if s.get("here")]
+        name = here[0] if here else ""
+        status = statuses.get(name, {})
+        if status.get("phase") == "Ready":
             break
-        line = f"dataset {name}: {phase or 'unknown'} {status.get('message', '')}".strip()
+        line = (
+            f"dataset {name}: {status.get('phase') or 'unknown'} {status.get('message', '')}".strip()
+            if name
+            else f"none of the datasets {', '.join(names)} is bound to this node yet"
+        )
         if line != last:
             log.info(line)
             last = line
@@ -140,7 +150,7 @@ def datawait() -> int:
         log.error("dataset %s: the copy's sha256 does not match %s", name, sha)
         return 1
     target.mkdir(parents=True, exist_ok=True)
-    out = target / str(status.get("file") or name)
+    out = target / (_env("DATA_FILE") or str(status.get("file") or name))
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(body)
     tmp.replace(out)

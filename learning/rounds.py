@@ -4,8 +4,10 @@ The global model has a version ``round`` (0 before any aggregation). Each worker
 sends an update based on r. The round closes when every expected worker has reported, or at its deadline
 with at least ``min_workers`` (the quorum); below the quorum at the deadline it is retried (the model of
 version r is offered again, updates received so far are kept) at most ``retries`` times, then the job fails
-with ``QUORUM_NOT_REACHED``. Updates based on another version (stale) and second updates of one worker in one
-round (duplicates) are dropped and counted. Nothing here reads a clock: ``now`` is an argument.
+with ``QUORUM_NOT_REACHED``. An elastic job's workers come and go: ``expect`` changes how many the round
+waits for (never fewer than the quorum). Updates based on another version (stale) and second updates of one
+worker in one round (duplicates) are dropped and counted. Nothing here reads a clock: ``now`` is an
+argument.
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ class Rounds:
         self.opened_at = now
         self.stale = 0
         self.duplicate = 0
+        self.expected = policy.participants
+
+    def expect(self, workers: int) -> None:
+        """The workers there are now (an elastic job's): a round closes as soon as that many have reported."""
+        self.expected = max(workers, self.policy.min_workers)
 
     @property
     def finished(self) -> bool:
@@ -93,7 +100,7 @@ class Rounds:
         return Verdict.ACCEPTED
 
     def decide(self, now: float) -> Decision:
-        if len(self.received) >= self.policy.participants:
+        if len(self.received) >= self.expected:
             return Decision.CLOSE
         if now < self.deadline:
             return Decision.WAIT

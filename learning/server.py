@@ -3,7 +3,9 @@
 Publish the global model of version r; take updates from the node's inbox and let ``Rounds`` judge them;
 when the round closes, average, evaluate, checkpoint and publish version r + 1, until the last round or the
 target accuracy; below the quorum, offer version r again, then fail. A restarted aggregator resumes from its
-checkpoint at the version it last wrote, so at most the round in progress is repeated.
+checkpoint at the version it last wrote, so at most the round in progress is repeated. An elastic job's
+aggregator asks the local controller which trainers there are (the global manager tells it) and expects an
+update from each of them.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class AggregationServer:
         evaluate: Callable[[Weights], Metrics] | None = None,
         hyper: dict[str, Any] | None = None,
         poll_s: float = 1.0,
+        elastic: bool = False,
     ) -> None:
         self.aggregation = aggregation
         self.policy = policy
@@ -63,6 +66,9 @@ class AggregationServer:
         self.rounds = Rounds(policy, round_=saved.round if saved else 0, now=time.monotonic())
         self.resumed = saved is not None
         self.model_bytes = 0
+        self.elastic = elastic
+        self.members: list[str] | None = None
+        self._members_at = -float("inf")
 
     def _publish(self, *, final: bool = False) -> None:
         meta = {"kind": "model", "round": self.rounds.round, "final": final, "mu": self.aggregation.mu, **self.hyper}
@@ -76,6 +82,7 @@ class AggregationServer:
             "rounds": self.policy.rounds,
             "history": self.history[-HISTORY:],
             "dropped": {"stale": self.counters["stale"], "duplicate": self.counters["duplicate"]},
+            **({"members": self.members or [], "expected": self.rounds.expected} if self.elastic else {}),
             **extra,
         }
         self.lc.report("aggregate", status, info)
@@ -96,6 +103,8 @@ class AggregationServer:
             if blob is not None:
                 self._offer(blob)
             now = time.monotonic()
+            if self.elastic and now - self._members_at >= self.poll_s:
+                self._refresh_members(now)
             decision = self.rounds.decide(now)
             if decision is Decision.CLOSE:
                 self._aggregate(now)
@@ -109,7 +118,7 @@ class AggregationServer:
                     "round %d: %d of %d updates at the deadline, below the quorum of %d: retrying",
                     self.rounds.round + 1,
                     len(self.rounds.received),
-                    self.policy.participants,
+                    self.rounds.expected,
                     self.policy.min_workers,
                 )
                 self.rounds.retry(now)
@@ -119,6 +128,16 @@ class AggregationServer:
                 log.error("job failed: %s", message)
                 self._report("failed", reason=QUORUM_NOT_REACHED, message=message)
                 return Outcome(False, self.rounds.round, QUORUM_NOT_REACHED, message)
+
+    def _refresh_members(self, now: float) -> None:
+        self._members_at = now
+        members = self.lc.members()
+        if members is None or members == self.members:
+            return
+        log.info("the trainers are now %s (was %s)", members, self.members)
+        self.members = members
+        self.rounds.expect(len(members))
+        self._report("running")
 
     def _offer(self, blob: bytes) -> None:
         try:
@@ -154,7 +173,7 @@ class AggregationServer:
             "workers": len(updates),
             "loss": sum(float(u.metrics.get("train_loss", 0)) * u.num_samples for u in updates) / samples,
             "bytesUp": sum(u.size for u in updates),
-            "bytesDown": self.model_bytes * self.policy.participants,
+            "bytesDown": self.model_bytes * self.rounds.expected,
             "seconds": round(now - opened, 3),
         }
         if self.evaluate is not None:

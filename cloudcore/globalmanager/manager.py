@@ -22,11 +22,12 @@ import contextlib
 import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from cloudcore.edgecontroller.upstream import Refused
+from cloudcore.globalmanager import training
 from cloudcore.globalmanager.pods import AGGREGATOR, API_VERSION, JOB_LABEL, TRAINER, TYPE_LABEL, JobError, build_pods
+from cloudcore.globalmanager.spec import distributed_of
 from cloudcore.globalmanager.status import FINAL, job_status, model_metrics
 from cloudcore.kube import MERGE_PATCH, Conflict, Kube, KubeError, NotFound
 from common import fl
@@ -45,13 +46,6 @@ Key = tuple[str, str]  # (namespace, job)
 
 NodeRequest = Callable[..., Awaitable[Any]]  # StreamServer.request(node, method, path, body, headers)
 Send = Callable[[NodeName, Message], Awaitable[bool]]  # CloudHub.send: False when the node is not connected here
-
-
-@dataclass
-class _Latest:
-    round: int
-    blob: bytes
-    sha: str
 
 
 def _now() -> str:
@@ -75,8 +69,10 @@ class GlobalManager:
         self.datasets: dict[Key, dict[str, Any]] = {}
         self.models: dict[Key, dict[str, Any]] = {}
         self.pods: dict[Key, dict[str, dict[str, Any]]] = {}  # job → pod name → pod
+        self.training_jobs: dict[Key, dict[str, Any]] = {}  # job → the operator's job running its trainers
+        self._members: dict[Key, list[str]] = {}  # job → the trainers its aggregator was last told of
         self.reports: dict[Key, dict[str, Any]] = {}  # job → the aggregator's latest report
-        self._latest: dict[Key, _Latest] = {}  # job → the newest model carried (to hand to joining workers)
+        self._latest: dict[Key, fl.Delivery] = {}  # job → the newest model carried (to hand to joining workers)
         # (job, worker) → the sha256 of the update last delivered to the aggregator: a worker that sends the same
         # update again is waiting for a model, not asking for its 10 MB to be carried twice.
         self._delivered: dict[tuple[Key, str], str] = {}
@@ -103,6 +99,7 @@ class GlobalManager:
             self.jobs.pop(key, None)
             self.reports.pop(key, None)
             self._latest.pop(key, None)
+            self._members.pop(key, None)
             for delivered in [d for d in self._delivered if d[0] == key]:
                 del self._delivered[delivered]
         else:
@@ -132,7 +129,8 @@ class GlobalManager:
     def on_pod(self, kind: str, pod: dict[str, Any], before: dict[str, Any] | None) -> None:
         job = (pod["metadata"].get("labels") or {}).get(JOB_LABEL)
         if not job or not any(
-            r.get("kind") == "FederatedLearningJob" for r in pod["metadata"].get("ownerReferences") or []
+            r.get("kind") in ("FederatedLearningJob", training.KIND)
+            for r in pod["metadata"].get("ownerReferences") or []
         ):
             return
         key = (pod["metadata"].get("namespace", "default"), job)
@@ -140,6 +138,20 @@ class GlobalManager:
             self.pods.get(key, {}).pop(pod["metadata"]["name"], None)
         else:
             self.pods.setdefault(key, {})[pod["metadata"]["name"]] = pod
+        self._touch(key)
+
+    def on_training_job(self, kind: str, obj: dict[str, Any], before: dict[str, Any] | None) -> None:
+        """The operator's jobs (PyTorchJob) this manager created: labelled with their job's name."""
+        job = (obj["metadata"].get("labels") or {}).get(JOB_LABEL)
+        if not job or not any(
+            r.get("kind") == "FederatedLearningJob" for r in obj["metadata"].get("ownerReferences") or []
+        ):
+            return
+        key = (obj["metadata"].get("namespace", "default"), job)
+        if kind == DELETED:
+            self.training_jobs.pop(key, None)
+        else:
+            self.training_jobs[key] = obj
         self._touch(key)
 
     # --- reconciling -------------------------------------------------------------------------------------
@@ -164,16 +176,16 @@ class GlobalManager:
         if job is None:  # deleted (its pods go by garbage collection, and leave by their own events) or not yet listed
             return
         namespace = key[0]
-        pods = [p for p in self.pods.get(key, {}).values() if self._owned(p, job)]
+        operated = self._operated(key, job)
+        pods = [p for p in self.pods.get(key, {}).values() if self._owned(p, job, operated)]
         error = ""
         final = (job.get("status") or {}).get("phase") in FINAL
+        wanted_job: dict[str, Any] | None = None
         if not final:
+            datasets = {n: d for (ns, n), d in self.datasets.items() if ns == namespace}
             try:
-                wanted = build_pods(
-                    job,
-                    {n: d for (ns, n), d in self.datasets.items() if ns == namespace},
-                    {n: m for (ns, n), m in self.models.items() if ns == namespace},
-                )
+                wanted = build_pods(job, datasets, {n: m for (ns, n), m in self.models.items() if ns == namespace})
+                wanted_job = training.build_training_job(job, datasets)
             except JobError as exc:
                 error = str(exc)
                 wanted = []
@@ -181,11 +193,27 @@ class GlobalManager:
             for pod in wanted:
                 if pod["metadata"]["name"] not in have:
                     await self._create_pod(namespace, pod)
-        status = job_status(job, pods, self.reports.get(key), now=_now(), error=error)
+            if wanted_job is not None:
+                await self._run_training_job(key, operated, wanted_job)
+                self._tell_members(key, pods)
+        operator = (
+            training.summary(operated, self._placement(key, job, pods)) if wanted_job is not None or operated else None
+        )
+        status = job_status(
+            job,
+            pods,
+            self.reports.get(key),
+            now=_now(),
+            error=error,
+            operator=operator,
+            gave_up=training.failed(operated),
+        )
         if status != (job.get("status") or {}):
             await self._write_status(job, status)
         if status.get("phase") == "Failed":
-            await self._stop_active(namespace, pods)
+            await self._stop_active(namespace, [p for p in pods if not self._of_operator(p)])
+            if operated is not None:
+                await self._suspend(operated)
 
     async def _stop_active(self, namespace: str, pods: list[dict[str, Any]]) -> None:
         """A failed job's workers would wait for a model that never comes: they are deleted, as a Job's are."""
@@ -197,9 +225,119 @@ class GlobalManager:
                     await self._kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}")
                     log.info("fl_pod_stopped", pod=f"{namespace}/{pod['metadata']['name']}", reason="job failed")
 
+    def _operated(self, key: Key, job: dict[str, Any]) -> dict[str, Any] | None:
+        found = self.training_jobs.get(key)
+        if found is None or not any(
+            r.get("uid") == job["metadata"]["uid"] for r in found["metadata"].get("ownerReferences") or []
+        ):
+            return None
+        return found
+
+    async def _run_training_job(self, key: Key, operated: dict[str, Any] | None, wanted: dict[str, Any]) -> None:
+        """Create the operator's job, or bring its worker count to the job's replicas (the user scales the
+        FederatedLearningJob, not the PyTorchJob it owns)."""
+        namespace, name = key
+        path = f"/apis/{training.API_VERSION}/namespaces/{namespace}/{training.PLURAL}"
+        if operated is None:
+            try:
+                created = await self._kube.request("POST", path, body=wanted)
+                self.training_jobs[key] = created
+                log.info("fl_training_job_created", job=f"{namespace}/{name}", kind=training.KIND)
+            except Conflict:
+                pass  # made already (by another replica, or before this manager restarted): its event follows
+            return
+        replicas = training.worker_replicas(wanted)
+        if training.worker_replicas(operated) != replicas and not training.failed(operated):
+            body = {"spec": {"pytorchReplicaSpecs": {"Worker": {"replicas": replicas}}}}
+            updated = await self._kube.request("PATCH", f"{path}/{name}", body=body, content_type=MERGE_PATCH)
+            self.training_jobs[key] = updated
+            log.info("fl_training_job_scaled", job=f"{namespace}/{name}", replicas=replicas)
+
+    async def _suspend(self, operated: dict[str, Any]) -> None:
+        """A failed job's workers would wait for models that never come; the operator would restart any pod
+        deleted under it, so it is told to stop them itself. (A job that succeeded ends its workers: they exit
+        on the final model.)"""
+        run_policy = (operated.get("spec") or {}).get("runPolicy") or {}
+        conditions = (operated.get("status") or {}).get("conditions") or []
+        if run_policy.get("suspend") or any(
+            c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True" for c in conditions
+        ):
+            return
+        namespace, name = _key(operated)
+        path = f"/apis/{training.API_VERSION}/namespaces/{namespace}/{training.PLURAL}/{name}"
+        with contextlib.suppress(NotFound):
+            updated = await self._kube.request(
+                "PATCH", path, body={"spec": {"runPolicy": {"suspend": True}}}, content_type=MERGE_PATCH
+            )
+            self.training_jobs[(namespace, (operated["metadata"].get("labels") or {})[JOB_LABEL])] = updated
+            log.info("fl_training_job_suspended", job=f"{namespace}/{name}", reason="the federated job failed")
+
+    def _placement(self, key: Key, job: dict[str, Any], pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each operator worker: its node and the Dataset it trains on there (the job's one on its node)."""
+        try:
+            plan = distributed_of(job.get("spec") or {})
+        except JobError:
+            plan = None
+        names = set(plan.datasets) if plan is not None else set()
+        by_node = {
+            str((d.get("spec") or {}).get("nodeName") or ""): name
+            for (ns, name), d in self.datasets.items()
+            if ns == key[0] and name in names
+        }
+        workers = []
+        for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
+            if not self._of_operator(pod):
+                continue
+            node = str((pod.get("spec") or {}).get("nodeName") or "")
+            workers.append(
+                {
+                    "name": pod["metadata"]["name"],
+                    "node": node,
+                    "dataset": by_node.get(node, ""),
+                    "phase": str((pod.get("status") or {}).get("phase") or "Pending"),
+                    "restarts": sum(
+                        int(s.get("restartCount") or 0)
+                        for s in (pod.get("status") or {}).get("containerStatuses") or []
+                    ),
+                }
+            )
+        return workers
+
+    def _tell_members(self, key: Key, pods: list[dict[str, Any]]) -> None:
+        """The aggregator of an elastic job expects an update from every trainer there is now: tell it when
+        they change (a worker added, removed, or gone to be restarted)."""
+        members = sorted(
+            p["metadata"]["name"]
+            for p in pods
+            if self._of_operator(p)
+            and (p.get("status") or {}).get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+        )
+        aggregators = self._nodes_of(key, AGGREGATOR)
+        if not aggregators or self._members.get(key) == members or (self._request is None and self._send is None):
+            return
+        self._members[key] = members
+        delivery = fl.members_delivery(key[0], key[1], members, generation=now_ms())
+        task = asyncio.get_running_loop().create_task(self._deliver_members(aggregators[0], key, delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver_members(self, node: NodeName, key: Key, delivery: fl.Delivery) -> None:
+        try:
+            await self._deliver(node, delivery)
+            log.info("fl_members_told", job="/".join(key), node=node, members=len(fl.members_of(delivery.blob)))
+        except Exception as exc:  # told again at the next change, or when the aggregator reports other members
+            self._members.pop(key, None)
+            log.info("fl_members_not_told", job="/".join(key), node=node, error=str(exc))
+
     @staticmethod
-    def _owned(pod: dict[str, Any], job: dict[str, Any]) -> bool:
-        return any(r.get("uid") == job["metadata"]["uid"] for r in pod["metadata"].get("ownerReferences") or [])
+    def _owned(pod: dict[str, Any], job: dict[str, Any], operated: dict[str, Any] | None) -> bool:
+        owners = {job["metadata"]["uid"], *([operated["metadata"]["uid"]] if operated else [])}
+        return any(r.get("uid") in owners for r in pod["metadata"].get("ownerReferences") or [])
+
+    @staticmethod
+    def _of_operator(pod: dict[str, Any]) -> bool:
+        return any(r.get("kind") == training.KIND for r in pod["metadata"].get("ownerReferences") or [])
 
     async def _create_pod(self, namespace: str, pod: dict[str, Any]) -> None:
         try:
@@ -288,6 +426,9 @@ class GlobalManager:
         self._pod_of(node, key, request.worker, kind)
         if kind == AGGREGATOR:
             self.reports[key] = {"status": request.status, "ownerInfo": request.owner_info}
+            told = self._members.get(key)
+            if told is not None and request.owner_info.get("members") not in (None, told):
+                self._members.pop(key, None)  # the telling was lost on the way: tell it again
             self._touch(key)
 
     def _transfer(self, node: NodeName, request: contract.FlTransfer) -> None:
@@ -362,6 +503,8 @@ class GlobalManager:
         base = f"/sedna/fl/{delivery.namespace}/{delivery.job}"
         if delivery.kind == "model":
             await self._put(node, f"{base}/model?round={delivery.round}", delivery.blob, delivery.sha256)
+        elif delivery.kind == fl.MEMBERS:
+            await self._put(node, f"{base}/members?generation={delivery.round}", delivery.blob, delivery.sha256)
         else:
             await self._put(node, f"{base}/inbox/{delivery.worker}", delivery.blob, delivery.sha256)
 
@@ -380,10 +523,9 @@ class GlobalManager:
             if fetched is None or fetched[1] != request.sha256:
                 return  # superseded on the node already: its newer announcement follows
             if latest is None or request.round >= latest.round:
-                self._latest[key] = latest = _Latest(request.round, fetched[0], fetched[1])
-            model = self._model_delivery(key, latest)
+                self._latest[key] = latest = self._model(key, request.round, *fetched)
             targets = [n for n in self._nodes_of(key, TRAINER) if n != node]
-            results = await asyncio.gather(*(self._deliver(n, model) for n in targets), return_exceptions=True)
+            results = await asyncio.gather(*(self._deliver(n, latest) for n in targets), return_exceptions=True)
             for target, result in zip(targets, results, strict=True):
                 if isinstance(result, Exception):
                     log.info("fl_model_not_delivered", job="/".join(key), node=target, error=str(result))
@@ -394,7 +536,7 @@ class GlobalManager:
         repeated = self._delivered.get((key, request.worker)) == request.sha256
         if request.kind == "join" or repeated or (latest is not None and request.round < latest.round):
             if latest is not None and request.round < latest.round:
-                await self._deliver(node, self._model_delivery(key, latest))
+                await self._deliver(node, latest)
             return
         aggregators = self._nodes_of(key, AGGREGATOR)
         if not aggregators:
@@ -408,22 +550,24 @@ class GlobalManager:
         self.relayed += 1
 
     @staticmethod
-    def _model_delivery(key: Key, latest: _Latest) -> fl.Delivery:
-        return fl.Delivery(key[0], key[1], "model", "aggregator", latest.round, latest.sha, latest.blob)
+    def _model(key: Key, round_: int, blob: bytes, sha: str) -> fl.Delivery:
+        return fl.Delivery(key[0], key[1], "model", "aggregator", round_, sha, blob)
 
     async def _blob_of(self, node: NodeName, request: contract.FlTransfer) -> tuple[bytes, str] | None:
         """The transfer's blob: in the message, or fetched from the node where it waits."""
         if request.blob is not None:
             return request.blob, request.sha256
-        fetched = await self._fetch(node, f"/sedna/fl/{request.namespace}/{request.job}/outgoing/{request.id}")
+        base = f"/sedna/fl/{request.namespace}/{request.job}"
+        path = f"{base}/model" if request.id == fl.MODEL_FILE else f"{base}/outgoing/{request.id}"
+        fetched = await self._fetch(node, path)
         return (fetched[0], fetched[1]) if fetched is not None else None
 
-    async def _newest_model(self, key: Key) -> _Latest | None:
+    async def _newest_model(self, key: Key) -> fl.Delivery | None:
         """After a restart of this CloudCore: the model the aggregator's node has."""
         for node in self._nodes_of(key, AGGREGATOR):
             with contextlib.suppress(Exception):
                 fetched = await self._fetch(node, f"/sedna/fl/{key[0]}/{key[1]}/model")
                 if fetched is not None and fetched[2] >= 0:
-                    self._latest[key] = _Latest(fetched[2], fetched[0], fetched[1])
+                    self._latest[key] = self._model(key, fetched[2], fetched[0], fetched[1])
                     return self._latest[key]
         return None

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from cloudcore.globalmanager.spec import JobError, Settings, distributed_of, sequential_workers
+
+__all__ = ["JobError", "Settings", "build_pods", "trainer_env"]
+
 GROUP = "sedna.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -31,46 +35,6 @@ WAIT_CONTAINER = "sedna-data-wait"
 LC_PORT = 9100
 
 
-class JobError(ValueError):
-    """A job spec the global manager cannot build pods from; the message names the field."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The job's round settings: Sedna's spec plus our optional fields, with their defaults."""
-
-    rounds: int = 30
-    target_accuracy: float | None = None
-    min_training_workers: int = 0  # 0: all of them
-    round_timeout_seconds: float = 60.0
-    round_retries: int = 2
-    algorithm: str = "FedAvg"
-    parameters: dict[str, Any] | None = None
-
-    @classmethod
-    def of(cls, job: dict[str, Any]) -> Settings:
-        spec = job.get("spec") or {}
-        aggregation = spec.get("aggregation") or {}
-        stop = spec.get("stopCondition") or {}
-        workers = len(spec.get("trainingWorkers") or [])
-        settings = cls(
-            rounds=int(stop.get("rounds", spec.get("rounds", 30))),
-            target_accuracy=float(stop["targetAccuracy"]) if "targetAccuracy" in stop else None,
-            min_training_workers=int(spec.get("minTrainingWorkers") or workers),
-            round_timeout_seconds=float(spec.get("roundTimeoutSeconds", 60)),
-            round_retries=int(spec.get("roundRetries", 2)),
-            algorithm=str(aggregation.get("algorithm", "FedAvg")),
-            parameters=dict(aggregation.get("parameters") or {}),
-        )
-        if settings.rounds < 1:
-            raise JobError(f"spec.stopCondition.rounds must be at least 1, not {settings.rounds}")
-        if not 1 <= settings.min_training_workers <= max(1, workers):
-            raise JobError(f"spec.minTrainingWorkers must be 1 to {workers}, not {settings.min_training_workers}")
-        if settings.algorithm not in ("FedAvg", "FedProx"):
-            raise JobError(f"spec.aggregation.algorithm must be FedAvg or FedProx, not {settings.algorithm!r}")
-        return settings
-
-
 def pod_name(job: dict[str, Any], kind: str, index: int = 0) -> str:
     name = job["metadata"]["name"]
     return f"{name}-aggregator" if kind == AGGREGATOR else f"{name}-trainer-{index}"
@@ -80,7 +44,7 @@ def _env(name: str, value: str) -> dict[str, str]:
     return {"name": name, "value": value}
 
 
-def _owner(job: dict[str, Any]) -> dict[str, Any]:
+def owner(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "FederatedLearningJob",
@@ -95,13 +59,81 @@ def _file_of(url: str) -> str:
     return PurePosixPath(url.removeprefix("file://")).name or "data"
 
 
-def _wait_container(image: str, env: list[dict[str, Any]], dataset: str) -> dict[str, Any]:
+def _wait_container(image: str, env: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "name": WAIT_CONTAINER,
         "image": image,
         "command": ["python3", "-m", "learning.datawait"],
-        "env": [*env, _env("DATASET_NAME", dataset), _env("DATA_DIR", DATA_DIR)],
+        "env": [*env, _env("DATA_DIR", DATA_DIR)],
         "volumeMounts": [{"name": DATA_VOLUME, "mountPath": DATA_DIR}],
+    }
+
+
+@dataclass(frozen=True)
+class Data:
+    """What a worker trains or evaluates on: the env its container gets, and the env that tells its data-wait
+    init container which Dataset to bring (one name; or, for an operator's workers, the names of which the
+    one on the worker's node is its shard)."""
+
+    env: list[dict[str, Any]]
+    wait_env: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, kind: str, dataset: dict[str, Any]) -> Data:
+        name = dataset["metadata"]["name"]
+        url_env = "TRAIN_DATASET_URL" if kind == TRAINER else "EVAL_DATASET_URL"
+        file = _file_of(str((dataset.get("spec") or {}).get("url") or ""))
+        return cls([_env("DATASET_NAME", name), _env(url_env, f"{DATA_DIR}/{file}")], [_env("DATASET_NAME", name)])
+
+
+def worker_spec(
+    job: dict[str, Any],
+    kind: str,
+    template: dict[str, Any],
+    env: list[dict[str, Any]],
+    *,
+    worker: dict[str, Any],
+    data: Data | None,
+) -> dict[str, Any]:
+    """A worker's pod spec from its template: the lib's environment (``worker`` names it), the data-wait init
+    container and the data volume, the host network."""
+    meta = job["metadata"]
+    spec = copy.deepcopy(template.get("spec") or {})
+    containers = spec.get("containers") or []
+    if not containers:
+        raise JobError(f"the {'aggregation' if kind == AGGREGATOR else 'training'} worker's template has no containers")
+    base_env: list[dict[str, Any]] = [
+        {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+        _env("LC_SERVER", f"http://$(HOST_IP):{LC_PORT}"),
+        _env("NAMESPACE", meta.get("namespace", "default")),
+        _env("JOB_NAME", meta["name"]),
+        worker,
+    ]
+    container_env = [*base_env, *env]
+    mounts: list[dict[str, Any]] = []
+    if data is not None:
+        container_env += data.env
+        spec["volumes"] = [*(spec.get("volumes") or []), {"name": DATA_VOLUME, "emptyDir": {}}]
+        mounts.append({"name": DATA_VOLUME, "mountPath": DATA_DIR})
+        spec["initContainers"] = [
+            _wait_container(str(containers[0].get("image", "")), [*base_env, *data.wait_env]),
+            *(spec.get("initContainers") or []),
+        ]
+    for container in containers:
+        container["env"] = [*container_env, *(container.get("env") or [])]
+        if mounts:
+            container["volumeMounts"] = [*(container.get("volumeMounts") or []), *mounts]
+    spec.setdefault("restartPolicy", "OnFailure")
+    spec["hostNetwork"] = True  # the lib reaches the local controller on the node's own address
+    spec.setdefault("dnsPolicy", "ClusterFirstWithHostNet")
+    return spec
+
+
+def worker_labels(job: dict[str, Any], kind: str, template: dict[str, Any]) -> dict[str, str]:
+    return {
+        **((template.get("metadata") or {}).get("labels") or {}),
+        JOB_LABEL: job["metadata"]["name"],
+        TYPE_LABEL: kind,
     }
 
 
@@ -117,55 +149,19 @@ def _pod(
 ) -> dict[str, Any]:
     meta = job["metadata"]
     name = pod_name(job, kind, index)
-    spec = copy.deepcopy(template.get("spec") or {})
-    containers = spec.get("containers") or []
-    if not containers:
-        raise JobError(f"the {'aggregation' if kind == AGGREGATOR else 'training'} worker's template has no containers")
-    base_env: list[dict[str, Any]] = [
-        {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
-        _env("LC_SERVER", f"http://$(HOST_IP):{LC_PORT}"),
-        _env("NAMESPACE", meta.get("namespace", "default")),
-        _env("JOB_NAME", meta["name"]),
-        _env("WORKER_NAME", name),
-        *env,
-    ]
-    mounts: list[dict[str, Any]] = []
-    volumes = list(spec.get("volumes") or [])
-    if dataset is not None:
-        dataset_name = dataset["metadata"]["name"]
-        url_env = "TRAIN_DATASET_URL" if kind == TRAINER else "EVAL_DATASET_URL"
-        base_env += [
-            _env("DATASET_NAME", dataset_name),
-            _env(url_env, f"{DATA_DIR}/{_file_of(str((dataset.get('spec') or {}).get('url') or ''))}"),
-        ]
-        volumes.append({"name": DATA_VOLUME, "emptyDir": {}})
-        mounts.append({"name": DATA_VOLUME, "mountPath": DATA_DIR})
-        spec["initContainers"] = [
-            _wait_container(str(containers[0].get("image", "")), base_env[:5], dataset_name),
-            *(spec.get("initContainers") or []),
-        ]
-    for key, value in (("volumes", volumes),):
-        if value:
-            spec[key] = value
-    for container in containers:
-        container["env"] = [*base_env, *(container.get("env") or [])]
-        if mounts:
-            container["volumeMounts"] = [*(container.get("volumeMounts") or []), *mounts]
+    data = Data.of(kind, dataset) if dataset is not None else None
+    spec = worker_spec(job, kind, template, env, worker=_env("WORKER_NAME", name), data=data)
     if node and not spec.get("nodeName"):
         spec["nodeName"] = node
-    spec.setdefault("restartPolicy", "OnFailure")
-    spec["hostNetwork"] = True  # the lib reaches the local controller on the node's own address
-    spec.setdefault("dnsPolicy", "ClusterFirstWithHostNet")
-    labels = {**((template.get("metadata") or {}).get("labels") or {}), JOB_LABEL: meta["name"], TYPE_LABEL: kind}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": name,
             "namespace": meta.get("namespace", "default"),
-            "labels": labels,
+            "labels": worker_labels(job, kind, template),
             "annotations": dict((template.get("metadata") or {}).get("annotations") or {}),
-            "ownerReferences": [_owner(job)],
+            "ownerReferences": [owner(job)],
         },
         "spec": spec,
     }
@@ -187,16 +183,16 @@ def build_pods(
     """Every pod the job should have; JobError if its spec or a Dataset/Model it names is missing."""
     spec = job.get("spec") or {}
     settings = Settings.of(job)
-    trainers = spec.get("trainingWorkers") or []
+    trainers = sequential_workers(spec)
     if not trainers:
         raise JobError("spec.trainingWorkers is empty")
     aggregation = spec.get("aggregationWorker") or {}
-    model_name = str((aggregation.get("model") or {}).get("name") or "")
+    model_name = model_of(job)
     if model_name not in models:
         raise JobError(f"spec.aggregationWorker.model: Model {model_name!r} does not exist")
     directory, model_url, checkpoint = model_location(models[model_name], job["metadata"]["uid"])
     agg_env = [
-        _env("PARTICIPANTS_COUNT", str(len(trainers))),
+        _env("PARTICIPANTS_COUNT", str(settings.participants)),
         _env("ROUNDS", str(settings.rounds)),
         _env("MIN_TRAINING_WORKERS", str(settings.min_training_workers)),
         _env("ROUND_TIMEOUT_SECONDS", f"{settings.round_timeout_seconds:g}"),
@@ -209,6 +205,9 @@ def build_pods(
     ]
     if settings.target_accuracy is not None:
         agg_env.append(_env("TARGET_ACCURACY", f"{settings.target_accuracy:g}"))
+    distributed = distributed_of(spec) is not None
+    if distributed:  # the operator's workers come and go: the aggregator asks which there are
+        agg_env.append(_env("ELASTIC_WORKERS", "true"))
     eval_name = str((aggregation.get("dataset") or {}).get("name") or "")
     if eval_name and eval_name not in datasets:
         raise JobError(f"spec.aggregationWorker.dataset: Dataset {eval_name!r} does not exist")
@@ -227,6 +226,8 @@ def build_pods(
     for container in agg["spec"]["containers"]:
         container.setdefault("volumeMounts", []).append({"name": MODEL_VOLUME, "mountPath": MODEL_DIR})
     pods = [agg]
+    if distributed:
+        return pods  # the training workers are the operator's (training.py)
     for i, worker in enumerate(trainers):
         name = str((worker.get("dataset") or {}).get("name") or "")
         dataset = datasets.get(name)
@@ -235,10 +236,20 @@ def build_pods(
         node = str((dataset.get("spec") or {}).get("nodeName") or "")
         if not node:
             raise JobError(f"Dataset {name!r} has no spec.nodeName: a training worker runs where its data is")
-        env = [
-            _env("PARTICIPANTS_COUNT", str(len(trainers))),
-            _env("AGG_ALGORITHM", settings.algorithm),
-            _env("MODEL_NAME", model_name),
-        ]
-        pods.append(_pod(job, TRAINER, i, worker.get("template") or {}, env, node=node, dataset=dataset))
+        pods.append(_pod(job, TRAINER, i, worker.get("template") or {}, trainer_env(job), node=node, dataset=dataset))
     return pods
+
+
+def model_of(job: dict[str, Any]) -> str:
+    aggregation = (job.get("spec") or {}).get("aggregationWorker") or {}
+    return str((aggregation.get("model") or {}).get("name") or "")
+
+
+def trainer_env(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The round settings a training worker is given."""
+    settings = Settings.of(job)
+    return [
+        _env("PARTICIPANTS_COUNT", str(settings.participants)),
+        _env("AGG_ALGORITHM", settings.algorithm),
+        _env("MODEL_NAME", model_of(job)),
+    ]

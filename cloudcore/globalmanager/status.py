@@ -1,9 +1,10 @@
 """A FederatedLearningJob's status, from what the cluster and the aggregator say (pure: no I/O).
 
 Sources, most final first: the aggregator container's termination message (its outcome, kept in the pod's
-status by Kubernetes, so it survives any CloudCore restart); the aggregator's latest report (round and
-history, relayed by its node's local controller); the job's pods. The phase only moves forward:
-Pending → Running → Succeeded or Failed.
+status by Kubernetes, so it survives any CloudCore restart); the Training Operator giving up on the job's
+workers (its backoff limit reached); the aggregator's latest report (round and history, relayed by its node's
+local controller); the job's pods, and the operator's job running the trainers (``status.trainingJob``).
+The phase only moves forward: Pending → Running → Succeeded or Failed.
 """
 
 from __future__ import annotations
@@ -60,13 +61,45 @@ def _condition(old: list[dict[str, Any]], type_: str, reason: str, message: str,
     ]
 
 
+def _outcome(
+    pods: list[dict[str, Any]],
+    report: dict[str, Any] | None,
+    operator: dict[str, Any] | None,
+    gave_up: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """How the job ended, if it did: the aggregator's word first, then the operator's, then the last report."""
+    summary = _aggregator_summary(pods)
+    if summary is None and gave_up is not None:
+        kind = (operator or {}).get("kind", "the operator job")
+        reason, message = gave_up.get("reason", ""), gave_up.get("message", "")
+        summary = {"phase": "Failed", "reason": "TrainingJobFailed", "message": f"{kind} {reason}: {message}".strip()}
+    if summary is None and (report or {}).get("status") in ("completed", "failed"):
+        info = (report or {}).get("ownerInfo") or {}
+        summary = {
+            "phase": "Succeeded" if report and report["status"] == "completed" else "Failed",
+            "reason": info.get("reason", ""),
+            "message": info.get("message", ""),
+            "round": info.get("currentRound", 0),
+        }
+    return summary
+
+
 def job_status(
-    job: dict[str, Any], pods: list[dict[str, Any]], report: dict[str, Any] | None, *, now: str, error: str = ""
+    job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    report: dict[str, Any] | None,
+    *,
+    now: str,
+    error: str = "",
+    operator: dict[str, Any] | None = None,
+    gave_up: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     old = dict(job.get("status") or {})
     status = dict(old)
     active, succeeded, failed = _counts(pods)
     status.update(active=active, succeeded=succeeded, failed=failed)
+    if operator is not None:
+        status["trainingJob"] = operator
     if old.get("phase") in FINAL:
         return status
     status.setdefault("startTime", now)
@@ -86,14 +119,7 @@ def job_status(
         if isinstance(info.get("dropped"), dict):
             status["droppedUpdates"] = info["dropped"]
     conditions = list(old.get("conditions") or [])
-    summary = _aggregator_summary(pods)
-    if summary is None and (report or {}).get("status") in ("completed", "failed"):
-        summary = {
-            "phase": "Succeeded" if report and report["status"] == "completed" else "Failed",
-            "reason": info.get("reason", ""),
-            "message": info.get("message", ""),
-            "round": info.get("currentRound", 0),
-        }
+    summary = _outcome(pods, report, operator, gave_up)
     if error:
         status["phase"] = "Failed"
         status["conditions"] = _condition(conditions, "Failed", "InvalidSpec", error, now)

@@ -269,6 +269,11 @@ class LocalController:
                 return await self._publish_model(r, namespace, job)
             case ("GET", ["sedna", "fl", namespace, job, "inbox"], False):
                 return await self._take_update(r, namespace, job)
+            case ("GET", ["sedna", "fl", namespace, job, "members"], False):
+                members = self.mailbox.job(namespace, job).members()
+                if members is None:
+                    return _error(404, f"no members of {namespace}/{job} told to {self.node}")
+                return _json(200, members)
             case ("GET", ["sedna", "fl", namespace, job, "outgoing", transfer], True):
                 blob = self.mailbox.job(namespace, job).staged(transfer)
                 if blob is None:
@@ -282,6 +287,9 @@ class LocalController:
                 return Response(200, blob, headers={SHA_HEADER: sha, "X-Sedna-Round": str(version)})
             case ("PUT", ["sedna", "fl", namespace, job, "inbox", worker], True):
                 await self.mailbox.job(namespace, job).deliver(checked("worker", worker), self._checked_body(r))
+                return Response(204)
+            case ("PUT", ["sedna", "fl", namespace, job, "members"], True):
+                self._put_members(namespace, job, int(_number(r, "generation", 0, 0, 2**62)), self._checked_body(r))
                 return Response(204)
             case ("PUT", ["sedna", "fl", namespace, job, "model"], True):
                 round_ = int(_number(r, "round", -1, -1, contract.MAX_FL_ROUND))
@@ -317,9 +325,14 @@ class LocalController:
         state = self.loader.state(namespace, name)
         if state is None:
             return _json(
-                200, {"phase": "Pending", "message": f"no Dataset {namespace}/{name} is bound to {self.node} yet"}
+                200,
+                {
+                    "phase": "Pending",
+                    "here": False,
+                    "message": f"no Dataset {namespace}/{name} is bound to {self.node} yet",
+                },
             )
-        return _json(200, {**state.status(), "file": state.file})
+        return _json(200, {**state.status(), "here": True, "file": state.file})
 
     def _dataset_data(self, namespace: str, name: str) -> Response:
         path = self.loader.data_path(namespace, name)
@@ -334,16 +347,28 @@ class LocalController:
         await self._publish(contract.fl_transfer(namespace, job, kind="join", worker=worker, round_=box.model_round))
         return Response(204)
 
-    async def _announce(self, namespace: str, job: str, *, kind: str, worker: str, round_: int, blob: bytes) -> None:
-        """Tell the cloud a blob is here: inside the message if it is small, else staged for it to fetch."""
-        sha = hashlib.sha256(blob).hexdigest()
+    async def _announce(
+        self, namespace: str, job: str, *, kind: str, worker: str, round_: int, blob: bytes, sha: str
+    ) -> None:
+        """Tell the cloud a blob is here: inside the message if it is small, else for it to fetch: a model from
+        the node's model file (the cloud's GET .../model), an update from where it is staged."""
         if len(blob) <= fl.INLINE_MAX:
             message = contract.fl_transfer(
                 namespace, job, kind=kind, worker=worker, round_=round_, size=len(blob), sha256=sha, blob=blob
             )
+        elif kind == "model":
+            message = contract.fl_transfer(
+                namespace,
+                job,
+                kind=kind,
+                worker=worker,
+                round_=round_,
+                transfer=fl.MODEL_FILE,
+                size=len(blob),
+                sha256=sha,
+            )
         else:
-            slot = "model" if kind == "model" else f"update-{checked('worker', worker)}"
-            staged = self.mailbox.job(namespace, job).stage(slot, blob)
+            staged = self.mailbox.job(namespace, job).stage(f"update-{checked('worker', worker)}", blob)
             message = contract.fl_transfer(
                 namespace, job, kind=kind, worker=worker, round_=round_, transfer=staged.id, size=len(blob), sha256=sha
             )
@@ -356,23 +381,36 @@ class LocalController:
             box = self.mailbox.job(delivery.namespace, delivery.job)
             if delivery.kind == "update":
                 await box.deliver(checked("worker", delivery.worker), delivery.blob)
+            elif delivery.kind == fl.MEMBERS:
+                self._put_members(delivery.namespace, delivery.job, delivery.round, delivery.blob)
             else:
                 await box.put_model(delivery.round, delivery.blob, delivery.sha256)
-        except (fl.TransferError, MailboxError) as exc:
+        except (fl.TransferError, MailboxError, _Refused) as exc:
             log.warning("fl_delivery_refused", resource=message.route.resource[:200], reason=str(exc))
+
+    def _put_members(self, namespace: str, job: str, generation: int, blob: bytes) -> None:
+        try:
+            fl.members_of(blob)
+        except fl.TransferError as exc:
+            raise _Refused(400, str(exc)) from None
+        self.mailbox.job(namespace, job).put_members(generation, blob)
 
     async def _hand_in_update(self, r: Request, namespace: str, job: str, worker: str) -> Response:
         blob = self._checked_body(r)
         round_ = int(_number(r, "round", -1, -1, contract.MAX_FL_ROUND))
-        await self._announce(namespace, job, kind="update", worker=checked("worker", worker), round_=round_, blob=blob)
+        sha = hashlib.sha256(blob).hexdigest()
+        await self._announce(
+            namespace, job, kind="update", worker=checked("worker", worker), round_=round_, blob=blob, sha=sha
+        )
         return Response(204)
 
     async def _publish_model(self, r: Request, namespace: str, job: str) -> Response:
         blob = self._checked_body(r)
         round_ = int(_number(r, "round", 0, 0, contract.MAX_FL_ROUND))
         box = self.mailbox.job(namespace, job)
-        await box.put_model(round_, blob, hashlib.sha256(blob).hexdigest())  # trainers here need not wait
-        await self._announce(namespace, job, kind="model", worker="aggregator", round_=round_, blob=blob)
+        sha = hashlib.sha256(blob).hexdigest()
+        await box.put_model(round_, blob, sha)  # trainers here need not wait
+        await self._announce(namespace, job, kind="model", worker="aggregator", round_=round_, blob=blob, sha=sha)
         return Response(204)
 
     async def _wait_model(self, r: Request, namespace: str, job: str) -> Response:

@@ -2,8 +2,10 @@
 
 - ``model``: the newest global model this node has (its version and blob). Trainers here wait on it.
 - ``inbox``: updates brought here for the job's aggregator, oldest first; taking one removes it.
-- ``outgoing``: blobs a pod on this node handed in for the cloud to fetch (the latest update of each worker,
-  the aggregator's latest model), by transfer id.
+- ``members.json``: an elastic job's trainers, as the global manager last told this node (its generation and
+  names), for the aggregator here.
+- ``outgoing``: updates too big to travel inline, which a worker here handed in for the cloud to fetch (the
+  latest of each worker), by transfer id. A big model is fetched from ``model`` itself.
 
 Files are written to a temporary name and renamed, so a crash leaves the old value or the new, never half.
 """
@@ -105,6 +107,20 @@ class JobBox:
             await self._wait(left)
         return self.model()
 
+    # --- an elastic job's trainers, for the aggregator -----------------------------------------------------
+
+    def put_members(self, generation: int, blob: bytes) -> bool:
+        """Keep a telling newer than the one here; ``blob`` is common/fl.py's members JSON, already checked."""
+        current = self._read_json(self.root / "members.json")
+        if current is not None and int(str(current.get("generation", -1))) > generation:
+            return False
+        workers = json.loads(blob)["workers"]
+        _write(self.root / "members.json", json.dumps({"generation": generation, "workers": workers}).encode())
+        return True
+
+    def members(self) -> dict[str, object] | None:
+        return self._read_json(self.root / "members.json")
+
     # --- the aggregator's inbox --------------------------------------------------------------------------
 
     async def deliver(self, worker: str, blob: bytes) -> None:
@@ -134,7 +150,7 @@ class JobBox:
     # --- blobs for the cloud to fetch --------------------------------------------------------------------
 
     def stage(self, slot: str, blob: bytes) -> Staged:
-        """Stage ``blob`` as the one for ``slot`` (a worker's update, the model): the older one is dropped."""
+        """Stage ``blob`` as the one for ``slot`` (a worker's update): the older one is dropped."""
         transfer = f"{slot}.{secrets.token_hex(8)}"
         outgoing = self.root / "outgoing"
         for old in outgoing.glob(f"{slot}.*.kfl") if outgoing.is_dir() else []:

@@ -68,8 +68,12 @@ def job(
     algorithm: str = "FedAvg",
     epochs: int = 1,
     model_sizes: str = "64,32,10",
+    distributed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A FederatedLearningJob: one training worker per Dataset (on its node), the aggregator on ``aggregator_node``."""
+    """A FederatedLearningJob: one training worker per Dataset (on its node), the aggregator on ``aggregator_node``.
+
+    ``distributed`` (``replicas``, and optionally ``minReplicas``, ``maxReplicas``, ``backoffLimit``, ...): Sedna's
+    FL-V2 shape instead, its trainers a PyTorchJob of the Training Operator, on the Datasets' nodes."""
     hyper = {"EPOCHS": str(epochs), "BATCH_SIZE": "10", "LEARNING_RATE": "0.1", "MODEL_SIZES": model_sizes}
     spec: dict[str, Any] = {
         "aggregationWorker": {
@@ -101,6 +105,18 @@ def job(
         "roundRetries": retries,
         "aggregation": {"algorithm": algorithm},
     }
+    if distributed is not None:
+        spec["trainingWorkers"] = {
+            **distributed,
+            "datasets": [{"name": d} for d in datasets],
+            "trainingPolicy": {"mode": "Distributed", "framework": "PyTorch"},
+            "template": {
+                "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [_container("pytorch", "learning.trainer", {**hyper, "SEED": "1"})],
+                }
+            },
+        }
     if eval_dataset:
         spec["aggregationWorker"]["dataset"] = {"name": eval_dataset}
     if min_workers is not None:

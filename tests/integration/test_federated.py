@@ -26,6 +26,7 @@ from scripts.harness.containerd import Containerd
 from scripts.harness.containerd import start as start_containerd
 from scripts.harness.learning_image import REF as LEARNING_IMAGE
 from scripts.harness.learning_image import build as build_learning_image
+from scripts.harness.operator import OperatorError, TrainingOperator
 from scripts.harness.pki import Pki
 from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess
 from tests.edges import edge_node
@@ -35,6 +36,7 @@ from tests.tunnel import eventually
 pytestmark = pytest.mark.kube
 
 SEDNA = federated.SEDNA
+WAIT = "sedna-data-wait"
 
 
 @pytest.fixture(scope="module")
@@ -311,3 +313,72 @@ async def test_a_trainer_and_the_aggregator_on_different_cloudcore_replicas(
 
 def _counter(metrics: str, name: str) -> float:
     return next((float(x.split()[1]) for x in metrics.splitlines() if x.startswith(name + " ")), 0.0)
+
+
+# --- Distributed: the trainers as a PyTorchJob of the real Kubeflow Training Operator ------------------------
+
+
+@pytest.fixture(scope="module")
+def training_operator(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TrainingOperator]:
+    """The Training Operator v1.8.1 (built from the Go module proxy), its PyTorchJob CRD installed."""
+    operator = TrainingOperator(control_plane, tmp_path_factory.mktemp("training-operator"))
+    try:
+        operator.start()
+    except OperatorError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield operator
+    finally:
+        operator.stop()
+
+
+async def _pytorchjob(fleet: Fleet, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = await fleet.kube.get(
+        f"/apis/kubeflow.org/v1/namespaces/{fleet.namespace}/pytorchjobs/{name}"
+    )
+    return found
+
+
+async def _last_round_had(fleet: Fleet, name: str, workers: int, after: int = 0) -> bool:
+    history = _history(await fleet.get_job(name))
+    return bool(history) and history[-1]["round"] > after and history[-1]["workers"] == workers
+
+
+async def test_a_distributed_job_trains_through_a_pytorchjob_whose_killed_worker_is_restarted_and_rejoins(
+    fleet: Fleet, training_operator: TrainingOperator
+) -> None:
+    await fleet.start_job("dist", rounds=30, epochs=20, round_timeout_s=10, distributed={"replicas": 4})
+    await fleet.wait_round("dist", 3)
+    ptj = await _pytorchjob(fleet, "dist")
+    owner = ptj["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"]) == ("FederatedLearningJob", "dist")
+    assert ptj["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 4
+    workers = await fleet.pods("training.kubeflow.org/job-name=dist")
+    assert sorted(p["metadata"]["name"] for p in workers) == [f"dist-worker-{i}" for i in range(4)]
+    assert sorted(p["spec"]["nodeName"] for p in workers) == sorted(fleet.nodes)  # the scheduler: one per data node
+    await _kill(fleet, "dist-worker-1", "pytorch")
+    job = await fleet.wait_phase("dist", ("Succeeded", "Failed"), timeout=300)
+    status = job["status"]
+    assert status["phase"] == "Succeeded", status
+    history = _history(job)
+    assert [h["round"] for h in history] == list(range(1, 31))
+    assert history[-1]["accuracy"] >= 0.90, history[-1]
+    assert history[-1]["workers"] == 4  # the killed worker came back in
+    restarted = await fleet.kube.get(f"/api/v1/namespaces/{fleet.namespace}/pods/dist-worker-1")
+    assert _restarts(restarted) >= 1
+    placed = {w["name"]: w for w in status["trainingJob"]["workers"]}
+    nodes = {p["metadata"]["name"]: p["spec"]["nodeName"] for p in workers}
+    for name, worker in placed.items():  # each trained on the Dataset of the node it was scheduled to
+        assert worker["node"] == nodes[name]
+        index = fleet.nodes.index(worker["node"])
+        assert worker["dataset"] == f"dist-shard-{index}"
+    waited = fleet.container_log(next(p for p in workers if p["metadata"]["name"] == "dist-worker-0"), WAIT, 0)
+    assert f"dataset {placed['dist-worker-0']['dataset']} ready" in waited, waited[-2000:]
+    assert status["trainingJob"]["kind"] == "PyTorchJob"
+
+    async def operator_says_succeeded() -> bool:  # the workers exit once they have the final model
+        return ((await fleet.get_job("dist"))["status"].get("trainingJob") or {}).get("phase") == "Succeeded"
+
+    await eventually(operator_says_succeeded, timeout=60, interval=0.5)

@@ -86,7 +86,7 @@ def test_a_job_that_cannot_run_is_refused_naming_the_field(job: dict[str, Any], 
 
 
 def test_settings_default_to_every_worker_and_30_rounds() -> None:
-    assert Settings.of(_job()) == Settings(rounds=30, min_training_workers=2, parameters={})
+    assert Settings.of(_job()) == Settings(rounds=30, min_training_workers=2, parameters={}, participants=2)
 
 
 def _pod(name: str, kind: str, phase: str, terminated: dict[str, Any] | None = None) -> dict[str, Any]:
