@@ -57,6 +57,7 @@ deps:
 
 kube:
 	@scripts/build-kube kube-apiserver kube-scheduler kube-controller-manager e2e.test agnhost ginkgo nonewprivs >/dev/null
+	@scripts/build-training-operator >/dev/null
 
 lint:
 	$(PY) -m ruff check .

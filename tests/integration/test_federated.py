@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
+import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cloudcore.kube import Kube
+from cloudcore.kube import MERGE_PATCH, Kube
 from scripts.harness import federated
 from scripts.harness.cluster import ControlPlane, create_namespace
 from scripts.harness.containerd import Containerd
@@ -89,8 +91,11 @@ class Fleet:
         )
         return list(listed.get("items") or [])
 
-    async def start_job(self, name: str, *, iid: bool = False, **job: Any) -> None:
-        """Datasets (a shard per node, the test set on the aggregator's node), a Model, and the job."""
+    async def start_job(
+        self, name: str, *, iid: bool = False, edit: Callable[[dict[str, Any]], None] | None = None, **job: Any
+    ) -> None:
+        """Datasets (a shard per node, the test set on the aggregator's node), a Model, and the job (``edit``
+        changes its manifest first)."""
         shards, test = federated.write_shards(self.workdir / name, len(self.sites), iid=iid)
         names = []
         for i, (path, node) in enumerate(zip(shards, self.nodes, strict=True)):
@@ -106,6 +111,8 @@ class Fleet:
             eval_dataset=f"{name}-test",
             **job,
         )
+        if edit is not None:
+            edit(manifest)
         await self.create("federatedlearningjobs", manifest)
 
     async def wait_phase(self, name: str, phases: tuple[str, ...], timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
@@ -382,3 +389,133 @@ async def test_a_distributed_job_trains_through_a_pytorchjob_whose_killed_worker
         return ((await fleet.get_job("dist"))["status"].get("trainingJob") or {}).get("phase") == "Succeeded"
 
     await eventually(operator_says_succeeded, timeout=60, interval=0.5)
+
+
+class HeldData:
+    """An http:// Dataset source that sends half its bytes, then holds the rest until ``release()``: a shard
+    still on its way to its node."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.released = threading.Event()
+        held = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _head(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(held.body)))
+                self.send_header("ETag", '"held"')
+                self.end_headers()
+
+            def do_HEAD(self) -> None:
+                self._head()
+
+            def do_GET(self) -> None:
+                self._head()
+                half = len(held.body) // 2
+                self.wfile.write(held.body[:half])
+                self.wfile.flush()
+                held.released.wait(50)  # below the loader's 60 s read timeout
+                self.wfile.write(held.body[half:])
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/held.csv"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def _cordon(fleet: Fleet, node: str, unschedulable: bool) -> None:
+    await fleet.kube.request(
+        "PATCH", f"/api/v1/nodes/{node}", body={"spec": {"unschedulable": unschedulable}}, content_type=MERGE_PATCH
+    )
+
+
+async def _scale(fleet: Fleet, name: str, replicas: int) -> None:
+    path = f"{SEDNA}/namespaces/{fleet.namespace}/federatedlearningjobs/{name}"
+    body = {"spec": {"trainingWorkers": {"replicas": replicas}}}
+    await fleet.kube.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+
+
+async def test_an_elastic_job_takes_a_worker_added_once_its_shard_is_complete_and_goes_on_when_one_is_removed(
+    fleet: Fleet, training_operator: TrainingOperator
+) -> None:
+    shards, _ = federated.write_shards(fleet.workdir / "held", len(fleet.sites), iid=False)
+    held = HeldData(shards[3].read_bytes())
+    try:
+        last = fleet.nodes[3]
+        await _cordon(fleet, last, True)  # the first three workers land on the other nodes
+        await fleet.create("datasets", federated.dataset("el-held", held.url, last))
+        names = ["el-shard-0", "el-shard-1", "el-shard-2", "el-held"]
+        elastic = {"replicas": 3, "minReplicas": 2, "maxReplicas": 4}
+        await fleet.start_job("el", rounds=400, epochs=10, round_timeout_s=10, datasets=names, distributed=elastic)
+        await fleet.wait_round("el", 2)
+        assert await _last_round_had(fleet, "el", 3)
+
+        await _cordon(fleet, last, False)
+        await _scale(fleet, "el", 4)  # a worker added: it lands on the last node, whose shard is still coming
+
+        async def held_in_data_wait() -> bool:
+            pod = await fleet.kube.get_or_none(f"/api/v1/namespaces/{fleet.namespace}/pods/el-worker-3")
+            statuses = ((pod or {}).get("status") or {}).get("initContainerStatuses") or []
+            return bool(pod) and pod["spec"].get("nodeName") == last and any("running" in s["state"] for s in statuses)
+
+        await eventually(held_in_data_wait, timeout=60, interval=0.5)
+        at_hold = int((await fleet.get_job("el"))["status"]["currentRound"])
+        await fleet.wait_round("el", at_hold + 3)  # rounds go on with the three while the fourth waits for data
+        assert await _last_round_had(fleet, "el", 3)
+        pod = await fleet.kube.get(f"/api/v1/namespaces/{fleet.namespace}/pods/el-worker-3")
+        assert pod["status"]["phase"] == "Pending"  # held by its init container
+        dataset = await fleet.kube.get(f"{SEDNA}/namespaces/{fleet.namespace}/datasets/el-held")
+        assert dataset["status"]["phase"] == "Loading"
+
+        held.release()
+        await eventually(lambda: _last_round_had(fleet, "el", 4), timeout=90, interval=0.3)
+        ptj = await _pytorchjob(fleet, "el")
+        assert ptj["spec"]["elasticPolicy"]["minReplicas"] == 2
+        assert ptj["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 4
+
+        await _scale(fleet, "el", 3)  # a worker removed: the operator deletes the highest index
+        at_removal = int((await fleet.get_job("el"))["status"]["currentRound"])
+        await eventually(lambda: _last_round_had(fleet, "el", 3, after=at_removal), timeout=90, interval=0.3)
+        job = await fleet.wait_phase("el", ("Succeeded", "Failed"), timeout=400)
+        assert job["status"]["phase"] == "Succeeded", job["status"]
+        assert _history(job)[-1]["workers"] == 3
+    finally:
+        held.close()
+        with contextlib.suppress(Exception):
+            await _cordon(fleet, fleet.nodes[3], False)
+
+
+async def test_a_distributed_job_whose_workers_keep_crashing_fails_at_the_operators_backoff_limit(
+    fleet: Fleet, training_operator: TrainingOperator
+) -> None:
+    def crashing(manifest: dict[str, Any]) -> None:
+        container = manifest["spec"]["trainingWorkers"]["template"]["spec"]["containers"][0]
+        container["command"] = ["python3", "-c", "raise SystemExit('the trainer cannot start')"]
+
+    distributed = {"replicas": 2, "backoffLimit": 1}
+    names = ["crash-shard-0", "crash-shard-1"]
+    await fleet.start_job("crash", rounds=5, datasets=names, distributed=distributed, edit=crashing)
+    job = await fleet.wait_phase("crash", ("Succeeded", "Failed"), timeout=180)
+    failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "TrainingJobFailed"
+    assert "PyTorchJob" in failed["message"] and "backoff" in failed["message"].lower(), failed
+
+    async def aggregator_stopped() -> bool:  # it would wait for updates that never come
+        pods = await fleet.pods("sedna.io/job-name=crash,sedna.io/worker-type=aggregate")
+        return all(
+            p["metadata"].get("deletionTimestamp") or p["status"]["phase"] not in ("Running", "Pending") for p in pods
+        )
+
+    await eventually(aggregator_stopped, timeout=60, interval=0.5)

@@ -227,3 +227,37 @@ async def test_the_data_loader_fetches_an_http_url(tmp_path: Path) -> None:
         lc._task.cancel()  # type: ignore[attr-defined]
         server.shutdown()
         server.server_close()
+
+
+async def test_an_elastic_jobs_members_reach_the_aggregator_newest_first_and_bad_ones_are_refused(
+    tmp_path: Path,
+) -> None:
+    published: list[Upstream] = []
+    lc, port = await _start(tmp_path, published)
+    client = LCClient(f"http://127.0.0.1:{port}", namespace="default", job="job", worker="agg", patience=2)
+    try:
+        assert await asyncio.to_thread(client.members) is None  # not told yet: the aggregator keeps its count
+        newer = fl.members_delivery("default", "job", ["job-worker-1", "job-worker-0"], generation=20)
+        await lc.on_message(newer.message(now_ms=0))  # inline, through the hub
+        older = fl.members_delivery("default", "job", ["job-worker-0"], generation=10)
+        await lc.on_message(older.message(now_ms=0))  # late: dropped
+        assert await asyncio.to_thread(client.members) == ["job-worker-0", "job-worker-1"]
+        blob = b'{"workers": [1, 2]}'
+        bad = await lc.handle(
+            _head(
+                "PUT",
+                "/sedna/fl/default/job/members?generation=30",
+                {"X-Sedna-Sha256": hashlib.sha256(blob).hexdigest()},
+            ),
+            blob,
+            from_cloud=True,
+        )
+        assert bad.status == 400
+        assert "workers" in str(bad.body)
+        from_a_pod = await lc.handle(
+            _head("PUT", "/sedna/fl/default/job/members?generation=40"), b"{}", from_cloud=False
+        )
+        assert from_a_pod.status == 404  # only the cloud tells who the members are
+        assert await asyncio.to_thread(client.members) == ["job-worker-0", "job-worker-1"]
+    finally:
+        lc._task.cancel()  # type: ignore[attr-defined]

@@ -220,3 +220,18 @@ def test_a_scikit_learn_model_takes_part_through_the_adapter() -> None:
     assert workers[0].evaluate(tx, ty).accuracy > 0.8
     with pytest.raises(ValueError, match="does not support FedProx"):
         workers[0].train(x, y, epochs=1, prox=(merged, 0.1))
+
+
+def test_an_elastic_round_expects_the_workers_there_are_but_never_fewer_than_the_quorum() -> None:
+    rounds = Rounds(RoundPolicy(rounds=5, participants=3, min_workers=2, round_timeout_s=10), now=0)
+    rounds.expect(4)  # a worker added
+    for worker in "abc":
+        rounds.offer(_update(worker, 0))
+    assert rounds.decide(1) is Decision.WAIT
+    rounds.expect(3)  # one removed: the three that reported are everyone
+    assert rounds.decide(1) is Decision.CLOSE
+    rounds.close(1)
+    rounds.expect(1)  # below the quorum: one update does not close a round early
+    rounds.offer(_update("a", 1))
+    assert rounds.expected == 2
+    assert rounds.decide(2) is Decision.WAIT
