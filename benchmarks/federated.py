@@ -13,7 +13,9 @@ seeds fixed. Lines:
   * Flower FedAvg, IID and non-IID: the same model, split, rounds and epochs in ``flwr`` (real gRPC, its own
     venv: benchmarks/flower_env.py, benchmarks/flower_side.py), bytes measured by a proxy on its clients' links;
   * kubage and Flower over a 10 ms RTT link (the proxies delay each direction by 5 ms);
-  * kubage with a 10 MB model (64-2500-1000-10, 2.67 M float32).
+  * kubage with a 10 MB model (64-2500-1000-10, 2.67 M float32);
+  * with ``--operator``: the non-IID job again in Distributed mode, its trainers a PyTorchJob of the real
+    Kubeflow Training Operator (v1.8.1, built from the Go module proxy), placed by the scheduler.
 
 Seconds per round leave out round 1 (it includes the workers' start). Bytes per round are what crossed the
 four training workers' links, both ways, everything included (object sync, keepalives, status, weights);
@@ -51,6 +53,7 @@ from scripts.harness.containerd import Containerd
 from scripts.harness.containerd import start as start_containerd
 from scripts.harness.learning_image import REF as LEARNING_IMAGE
 from scripts.harness.learning_image import build as build_learning_image
+from scripts.harness.operator import TrainingOperator
 from scripts.harness.pki import Pki
 from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess
 from tests.edges import ready_with_cidr
@@ -60,6 +63,7 @@ from tests.tunnel import eventually
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = 4
 BIG_MODEL = "64,2500,1000,10"  # 2,673,510 parameters: 10.7 MB of float32
+OPERATOR_LINE = "kubage non-IID, via PyTorchJob"
 
 
 @dataclass
@@ -89,8 +93,11 @@ class Resources:
     containerds: list[Containerd] = field(default_factory=list)
     cloudcore: CloudCoreProcess | None = None
     edges: list[EdgeCoreProcess] = field(default_factory=list)
+    operator: TrainingOperator | None = None
 
     def stop(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
         stop_services([(e.node, e) for e in self.edges] + [("cloudcore", self.cloudcore)])
         for ctd in self.containerds:
             ctd.stop()
@@ -165,7 +172,15 @@ class Fleet:
     workdir: Path
 
 
-async def kubage_job(fleet: Fleet, name: str, rounds: int, *, iid: bool, model_sizes: str = "64,32,10") -> Line:
+async def kubage_job(
+    fleet: Fleet,
+    name: str,
+    rounds: int,
+    *,
+    iid: bool,
+    model_sizes: str = "64,32,10",
+    distributed: dict[str, Any] | None = None,
+) -> Line:
     namespace = f"bench-fl-{uuid.uuid4().hex[:6]}"
     await create_namespace(fleet.kube, namespace)
     base = f"{federated.SEDNA}/namespaces/{namespace}"
@@ -186,6 +201,7 @@ async def kubage_job(fleet: Fleet, name: str, rounds: int, *, iid: bool, model_s
         rounds=rounds,
         round_timeout_s=120,
         model_sizes=model_sizes,
+        distributed=distributed,
     )
     trainer_links, aggregator_link = fleet.proxies[1:], fleet.proxies[0]
     before = sum(p.bytes_up + p.bytes_down for p in trainer_links)
@@ -256,6 +272,14 @@ async def bench(args: argparse.Namespace, res: Resources) -> list[Line]:
         for proxy in proxies:
             proxy.heal()
         lines.append(await kubage_job(fleet, "kubage, 10 MB model", args.big_rounds, iid=False, model_sizes=BIG_MODEL))
+        if args.operator:
+            operator = TrainingOperator(res.plane, res.workdir / "training-operator")
+            await asyncio.to_thread(operator.start)
+            res.operator = operator
+            log("training operator ready")
+            lines.append(
+                await kubage_job(fleet, OPERATOR_LINE, args.rounds, iid=False, distributed={"replicas": WORKERS})
+            )
         return lines
     finally:
         for proxy in proxies:
@@ -307,6 +331,11 @@ def report(lines: list[Line], png: Path) -> dict[str, Any]:
         "flower_wan10ms_seconds_per_round": round(by["Flower non-IID, 10 ms RTT"].seconds_per_round, 4),
         "model10mb_seconds_per_round": round(by["kubage, 10 MB model"].seconds_per_round, 4),
     }
+    if OPERATOR_LINE in by:
+        operated = by[OPERATOR_LINE]
+        result["operator_accuracy"] = round(operated.at(30), 4)
+        result["operator_seconds_per_round"] = round(operated.seconds_per_round, 4)
+        result["operator_seconds_ratio"] = round(operated.seconds_per_round / ours.seconds_per_round, 3)
     plot(lines, png)
     print(f"plot: {png}")
     return result
@@ -340,6 +369,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=30, help="rounds of the IID and non-IID jobs")
     parser.add_argument("--wan-rounds", type=int, default=8, help="rounds of the 10 ms RTT jobs")
     parser.add_argument("--big-rounds", type=int, default=4, help="rounds of the 10 MB model job")
+    parser.add_argument(
+        "--operator", action="store_true", help="also run the non-IID job through the Kubeflow Training Operator"
+    )
     return parser.parse_args(argv)
 
 
