@@ -1,21 +1,25 @@
 """A loopback TCP proxy that injects network faults between an edge client and a cloud server in tests.
 
 Point the client at ``FaultProxy.port`` instead of the server, then call ``delay``, ``blackhole``, ``refuse`` or
-``cut`` to make the link slow, silent, unreachable or broken, and ``heal`` to undo the first three. Bytes are never
-dropped piecemeal or reordered, so TLS and WebSocket framing on top stay intact. Every task the proxy starts is
-cancelled and awaited by ``close()``.
+``cut`` to make the link slow, silent, unreachable or broken, and ``heal`` to undo all but ``cut``. Bytes are never
+dropped piecemeal or reordered, so TLS and WebSocket framing on top stay intact. ``loss`` stands in for packet loss
+as TCP shows it to the application: the bytes behind a lost packet arrive a retransmission timeout late. Every task
+the proxy starts is cancelled and awaited by ``close()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import random
 import socket
 import struct
 
 _DIRECTIONS = ("up", "down")
 _CHUNK = 64 * 1024
 _QUEUED_CHUNKS = 64  # back-pressure on a delayed direction: at most this many chunks wait in the proxy
+_MSS = 1448  # bytes of payload per TCP segment on an Ethernet path: what one lost packet holds back
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -56,6 +60,9 @@ class FaultProxy:
         self._delay = dict.fromkeys(_DIRECTIONS, 0.0)
         self._blackhole = dict.fromkeys(_DIRECTIONS, False)
         self._refuse = False
+        self._loss = dict.fromkeys(_DIRECTIONS, (0.0, 0.0))  # (per-packet loss rate, retransmission timeout)
+        self._random = random.Random(0)  # a fault model, seeded: the same run twice
+        self.losses = 0
         self.bytes_up = 0
         self.bytes_down = 0
 
@@ -110,6 +117,23 @@ class FaultProxy:
         for d in self._directions(direction):
             self._delay[d] = seconds
 
+    def loss(self, rate: float, rto: float = 0.2, direction: str = "both") -> None:
+        """Each packet's worth of bytes (one MSS) is lost with probability ``rate``: its chunk, and everything
+        behind it (head-of-line, as in TCP), arrives ``rto`` seconds late (Linux's minimum RTO is 200 ms)."""
+        if not 0 <= rate < 1 or rto < 0:
+            raise ValueError(f"loss needs 0 <= rate < 1 and rto >= 0, got {rate}, {rto}")
+        for d in self._directions(direction):
+            self._loss[d] = (rate, rto)
+
+    def _late(self, direction: str, size: int) -> float:
+        rate, rto = self._loss[direction]
+        if not rate or not size:
+            return 0.0
+        if self._random.random() < 1 - (1 - rate) ** math.ceil(size / _MSS):
+            self.losses += 1
+            return rto
+        return 0.0
+
     def blackhole(self, direction: str = "both") -> None:
         for d in self._directions(direction):
             self._blackhole[d] = True
@@ -127,6 +151,7 @@ class FaultProxy:
     def heal(self) -> None:
         self._delay = dict.fromkeys(_DIRECTIONS, 0.0)
         self._blackhole = dict.fromkeys(_DIRECTIONS, False)
+        self._loss = dict.fromkeys(_DIRECTIONS, (0.0, 0.0))
         self._refuse = False
 
     # -- forwarding -------------------------------------------------------------------------------------------------
@@ -167,7 +192,8 @@ class FaultProxy:
             while True:
                 data = await reader.read(_CHUNK)
                 if not self._blackhole[direction]:  # a silent link swallows EOF too
-                    await queue.put((loop.time() + self._delay[direction], data))
+                    late = self._late(direction, len(data))
+                    await queue.put((loop.time() + self._delay[direction] + late, data))
                 if not data:
                     return
 
