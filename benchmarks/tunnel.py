@@ -4,7 +4,9 @@ One run, loopback, mutual TLS with the project's certificates, uvloop (``common.
 always in a spawned child process so client and server do not share a core:
 
   (a) raw websockets echo: ``--edges`` connections, each doing sequential send→recv round trips of
-      ``--payload-bytes`` text frames, against an echo server in a child process (perf.md §9 baseline);
+      ``--payload-bytes`` text frames, against an echo server in a child process (perf.md §9 baseline); and
+      the like-for-like one: each frame carries ``--window`` messages' bytes (content and envelope), as the
+      hub's batches do, counted as that many messages (``ratio_batched``);
   (b) the full path: a CloudHub in a child process keeps every node's desired set busy with pod-like objects;
       ``--edges`` EdgeHubs in this process apply them to their own SQLite file, commit, then ack. The rate is
       the increase of the sum of ``CloudHub.stats(node).acked`` over the window (perf.md §9 T1);
@@ -170,7 +172,12 @@ async def _echo_child(conn: Connection, files: tuple[str, str, str], lifetime: f
                 await server.wait_closed()
 
 
-async def raw_echo(args: argparse.Namespace, pki: Pki) -> dict[str, float]:
+ENVELOPE_BYTES = 200  # what the hub's envelope adds to each message's content on the wire (about)
+
+
+async def raw_echo(args: argparse.Namespace, pki: Pki, batch: int = 1) -> dict[str, float]:
+    """Sequential round trips per connection; ``batch`` > 1: each frame carries that many messages' bytes (a
+    JSON array, as the hub batches), and a round trip counts as ``batch`` messages."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     process = ctx.Process(
@@ -188,7 +195,11 @@ async def raw_echo(args: argparse.Namespace, pki: Pki) -> dict[str, float]:
     try:
         hello = await recv_within(parent, 30)
         client_ssl = pki.node_context("echo-client")
-        payload = "x" * args.payload_bytes
+        payload = (
+            "x" * args.payload_bytes
+            if batch == 1
+            else json.dumps(["x" * (args.payload_bytes + ENVELOPE_BYTES)] * batch)
+        )
         sockets: list[ClientConnection] = await asyncio.gather(
             *(
                 connect(
@@ -212,7 +223,7 @@ async def raw_echo(args: argparse.Namespace, pki: Pki) -> dict[str, float]:
             while not stop.is_set():
                 await ws.send(payload)
                 await ws.recv()
-                counts[i] += 1
+                counts[i] += batch
 
         tasks = [asyncio.create_task(round_trips(i, ws)) for i, ws in enumerate(sockets)]
         await asyncio.sleep(args.warmup)
@@ -548,26 +559,32 @@ async def connections(args: argparse.Namespace, pki: Pki) -> dict[str, Any]:
 
 async def main_throughput(args: argparse.Namespace) -> None:
     raws: list[dict[str, float]] = []
+    batched: list[dict[str, float]] = []
     fulls: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp:
         workdir = Path(tmp)
         pki = Pki(workdir / "pki")
         for round_ in range(args.rounds):  # alternate, so that noise from other processes hits both alike
             raws.append(await raw_echo(args, pki))
+            batched.append(await raw_echo(args, pki, batch=args.window))
             rundir = workdir / f"round-{round_}"
             rundir.mkdir()
             fulls.append(await full_path(args, pki, rundir))
     raw = max(raws, key=lambda r: r["per_s"])  # best of the rounds: other processes only ever slow us down
+    raw_batched = max(batched, key=lambda r: r["per_s"])
     full = max(fulls, key=lambda r: r["per_s"])
     ratio = full["per_s"] / raw["per_s"] if raw["per_s"] else 0.0
+    ratio_batched = full["per_s"] / raw_batched["per_s"] if raw_batched["per_s"] else 0.0
     # The edges' own SQLite threads share their CPU, so only single-threaded processes tell of outside load.
     contention = max(raw["client_runq_pct"], raw["server_runq_pct"], full["cloud_runq_pct"])
     print(
         table(
             [
                 ("raw websockets echo round trips/s", f"{raw['per_s']:,.0f}"),
+                (f"raw echo, {args.window} messages' bytes a frame: messages/s", f"{raw_batched['per_s']:,.0f}"),
                 ("acked cloud→edge messages/s", f"{full['per_s']:,.0f}"),
                 ("ratio acked / raw", f"{ratio:.3f}"),
+                ("ratio acked / raw batched (like for like)", f"{ratio_batched:.3f}"),
                 ("edge applies (committed) /s", f"{full['edge_applied_per_s']:,.0f}"),
                 ("cloud upserts/s", f"{full['upserts_per_s']:,.0f}"),
                 ("retransmits / disconnects", f"{full['retransmits']} / {full['disconnects']}"),
@@ -601,6 +618,8 @@ async def main_throughput(args: argparse.Namespace) -> None:
         "raw_echo_per_s": round(raw["per_s"], 1),
         "acked_per_s": round(full["per_s"], 1),
         "ratio": round(ratio, 4),
+        "raw_batched_per_s": round(raw_batched["per_s"], 1),
+        "ratio_batched": round(ratio_batched, 4),
         "edges": args.edges,
         "payload_bytes": args.payload_bytes,
         "loop": loop_name(),
