@@ -11,7 +11,9 @@ always in a spawned child process so client and server do not share a core:
       ``--edges`` EdgeHubs in this process apply them to their own SQLite file, commit, then ack. The rate is
       the increase of the sum of ``CloudHub.stats(node).acked`` over the window (perf.md §9 T1);
   (c) ``--connections N``: N idle EdgeHub sessions against the CloudHub child; the child's RSS before any
-      connection and after all N are connected gives RSS per connection (perf.md §9 T3, T4).
+      connection and after all N are connected gives RSS per connection (perf.md §9 T3, T4). Beside it, the
+      same for N bare mutual-TLS websockets connections to the echo server: the difference is the hub's own
+      overhead per edge (``hub_overhead_kib``).
 
 Each window starts after ``--warmup`` seconds. In (b) ``--payload-bytes`` sizes the pod's JSON content; the
 envelope around it adds ~200 bytes on the wire, and the hub batches up to a window of messages per frame.
@@ -554,6 +556,51 @@ async def connections(args: argparse.Namespace, pki: Pki) -> dict[str, Any]:
     return result
 
 
+async def bare_connections(args: argparse.Namespace, pki: Pki) -> dict[str, Any]:
+    """The floor under (c): N idle mutual-TLS websockets connections to the echo server child (the same
+    library, TLS and frame limits the hub uses), its RSS before and after."""
+    n = args.connections
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(
+        target=echo_child,
+        args=(child, pki.server_files, max(600.0, n * 0.2), args.server_cpus),
+        name="bench-echo-idle",
+    )
+    process.start()
+    child.close()
+    sockets: list[ClientConnection] = []
+    try:
+        hello = await recv_within(parent, 30)
+        await asyncio.sleep(0.5)
+        before = rss_kib(hello["pid"])
+        client_ssl = pki.node_context("echo-client")
+        for start in range(0, n, args.batch):
+            sockets += await asyncio.gather(
+                *(
+                    connect(
+                        f"wss://127.0.0.1:{hello['port']}/",
+                        ssl=client_ssl,
+                        server_hostname="127.0.0.1",
+                        open_timeout=60,
+                        max_size=DEFAULT_MAX_FRAME_BYTES,
+                        compression=None,
+                        ping_interval=None,
+                        close_timeout=0.5,
+                        user_agent_header=None,
+                    )
+                    for _ in range(min(args.batch, n - start))
+                )
+            )
+        await asyncio.sleep(2.0)
+        after = rss_kib(hello["pid"])
+    finally:
+        if sockets:
+            await asyncio.wait([asyncio.create_task(ws.close()) for ws in sockets], timeout=30)
+        stop_child(process, parent, timeout=30)
+    return {"rss_before_kib": before, "rss_after_kib": after, "per_connection_kib": (after - before) / n}
+
+
 # --- output ------------------------------------------------------------------------------------------------
 
 
@@ -652,8 +699,10 @@ async def main_throughput(args: argparse.Namespace) -> None:
 async def main_connections(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp:
         pki = Pki(Path(tmp) / "pki")
+        bare = await bare_connections(args, pki)
         result = await connections(args, pki)
     n = args.connections
+    overhead = result["rss_per_connection_kib"] - bare["per_connection_kib"]
     tcp_before, tcp_after = result["tcp_before"], result["tcp_after"]
     tcp_mem_kib = None
     if "mem" in tcp_before and "mem" in tcp_after:
@@ -665,6 +714,8 @@ async def main_connections(args: argparse.Namespace) -> None:
             f"{result['rss_before_kib'] / 1024:.1f} / {result['rss_after_kib'] / 1024:.1f}",
         ),
         ("RSS per connection, KiB", f"{result['rss_per_connection_kib']:.1f}"),
+        ("bare mutual-TLS websockets connection (echo server), KiB", f"{bare['per_connection_kib']:.1f}"),
+        ("the hub's own overhead per edge, KiB", f"{overhead:.1f}"),
     ]
     if "rss_slope_kib" in result:
         rows.append((f"RSS slope {result['half_count']}→{n}, KiB", f"{result['rss_slope_kib']:.1f}"))
@@ -688,6 +739,8 @@ async def main_connections(args: argparse.Namespace) -> None:
         "mode": "connections",
         "connections": n,
         "rss_per_connection_kib": round(result["rss_per_connection_kib"], 2),
+        "bare_websockets_kib": round(bare["per_connection_kib"], 2),
+        "hub_overhead_kib": round(overhead, 2),
         "cloud_rss_mib": round(result["rss_after_kib"] / 1024, 1),
         "cloud_rss_before_mib": round(result["rss_before_kib"] / 1024, 1),
         "connected": result["connected"],
