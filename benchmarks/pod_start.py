@@ -154,13 +154,13 @@ def _start_directly(runtime: Any, index: int, log_dir: Path) -> tuple[float, str
 async def directly(res: Resources, args: argparse.Namespace, sandboxes: list[str]) -> list[float]:
     assert res.containerd is not None
     log_dir = res.workdir / "direct-logs"
-    latencies: list[float] = []
+    latencies = [0.0] * args.pods  # in creation order
     with res.containerd.cri() as (runtime, _):
 
         async def one(i: int) -> None:
             took, sandbox_id = await asyncio.to_thread(_start_directly, runtime, i, log_dir)
             sandboxes.append(sandbox_id)
-            latencies.append(took)
+            latencies[i] = took
 
         tasks = []
         t0 = time.perf_counter()
@@ -246,6 +246,11 @@ def report(args: argparse.Namespace, api: list[float], direct: list[float]) -> d
         "direct_p50_ms": round(1000 * percentile(direct, 0.5), 1),
         "direct_p99_ms": round(1000 * percentile(direct, 0.99), 1),
         "api_mean_ms": round(1000 * statistics.mean(api), 1),
+        # in creation order: a latency that grows along the run is pods queueing somewhere, a flat one is a cost
+        "api_first10_mean_ms": round(1000 * statistics.mean(api[:10]), 1),
+        "api_last10_mean_ms": round(1000 * statistics.mean(api[-10:]), 1),
+        "direct_first10_mean_ms": round(1000 * statistics.mean(direct[:10]), 1),
+        "direct_last10_mean_ms": round(1000 * statistics.mean(direct[-10:]), 1),
         "pods": args.pods,
         "rate": args.rate,
     }
