@@ -113,8 +113,12 @@ async def test_devices_go_down_twins_come_up_and_nodes_stay_apart(
         await eventually(
             lambda: _reported(kube, namespace, "t1", {"temperature": "23.4", "setpoint": "21.5"}), timeout=20
         )
-        status = (await kube.get(f"{DEVICES}/namespaces/{namespace}/devices/t1"))["status"]
-        assert status["state"] == "online" and status["lastOnlineTime"] == "2026-11-28T12:00:00Z"
+
+        async def online() -> bool:  # the state is its own upstream message: it may land after the twins
+            status = (await kube.get(f"{DEVICES}/namespaces/{namespace}/devices/t1")).get("status") or {}
+            return status.get("state") == "online" and status.get("lastOnlineTime") == "2026-11-28T12:00:00Z"
+
+        await eventually(online, timeout=20)
         # a new desired value in the Device spec reaches the node's store
         await kube.request(
             "PATCH",
