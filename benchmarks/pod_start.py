@@ -40,6 +40,7 @@ from scripts.harness.cluster import create_namespace
 from scripts.harness.containerd import BUSYBOX_IMAGE
 from scripts.harness.pki import Pki
 from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess
+from tests.edges import ready_with_cidr
 
 NODE = "bench-podstart"
 NAMESPACE = "bench-podstart"
@@ -66,16 +67,6 @@ def _running(pod: dict[str, Any]) -> bool:
     status = pod.get("status") or {}
     containers = status.get("containerStatuses") or []
     return status.get("phase") == "Running" and bool(containers) and "running" in (containers[0].get("state") or {})
-
-
-async def _node_ready(kube: Kube) -> bool:
-    try:
-        node = await kube.get(f"/api/v1/nodes/{NODE}")
-    except KubeError:
-        return False
-    conditions = (node.get("status") or {}).get("conditions") or []
-    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-    return ready and bool((node.get("spec") or {}).get("podCIDR"))
 
 
 async def _until(check: Any, timeout: float, what: str) -> None:  # noqa: ASYNC109 - a deadline of its own
@@ -200,7 +191,7 @@ async def bench(args: argparse.Namespace, kubeconfig: Path, res: Resources) -> t
         )
         res.edgecore.start()
         await res.edgecore.wait_ready(30)
-        await _until(lambda: _node_ready(kube), 60, f"node {NODE} Ready with a pod CIDR")
+        await _until(lambda: ready_with_cidr(kube, NODE), 60, f"node {NODE} Ready with a pod CIDR")
         # one pod first: the bridge and its CNI configuration exist before either path is timed
         await kube.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", body=pod_body("warm-up"))
         created.append("warm-up")

@@ -174,6 +174,21 @@ async def _echo_child(conn: Connection, files: tuple[str, str, str], lifetime: f
                 await server.wait_closed()
 
 
+async def echo_client(port: int, ssl_context: Any) -> ClientConnection:
+    """A client of the echo server: the frame limit the hub uses, no compression, no library pings."""
+    return await connect(
+        f"wss://127.0.0.1:{port}/",
+        ssl=ssl_context,
+        server_hostname="127.0.0.1",
+        open_timeout=60,
+        max_size=DEFAULT_MAX_FRAME_BYTES,
+        compression=None,
+        ping_interval=None,
+        close_timeout=0.5,
+        user_agent_header=None,
+    )
+
+
 ENVELOPE_BYTES = 200  # what the hub's envelope adds to each message's content on the wire (about)
 
 
@@ -203,20 +218,7 @@ async def raw_echo(args: argparse.Namespace, pki: Pki, batch: int = 1) -> dict[s
             else json.dumps(["x" * (args.payload_bytes + ENVELOPE_BYTES)] * batch)
         )
         sockets: list[ClientConnection] = await asyncio.gather(
-            *(
-                connect(
-                    f"wss://127.0.0.1:{hello['port']}/",
-                    ssl=client_ssl,
-                    server_hostname="127.0.0.1",
-                    open_timeout=30,
-                    max_size=DEFAULT_MAX_FRAME_BYTES,
-                    compression=None,
-                    ping_interval=None,
-                    close_timeout=0.5,
-                    user_agent_header=None,
-                )
-                for _ in range(args.edges)
-            )
+            *(echo_client(hello["port"], client_ssl) for _ in range(args.edges))
         )
         counts = [0] * len(sockets)
         stop = asyncio.Event()
@@ -577,20 +579,7 @@ async def bare_connections(args: argparse.Namespace, pki: Pki) -> dict[str, Any]
         client_ssl = pki.node_context("echo-client")
         for start in range(0, n, args.batch):
             sockets += await asyncio.gather(
-                *(
-                    connect(
-                        f"wss://127.0.0.1:{hello['port']}/",
-                        ssl=client_ssl,
-                        server_hostname="127.0.0.1",
-                        open_timeout=60,
-                        max_size=DEFAULT_MAX_FRAME_BYTES,
-                        compression=None,
-                        ping_interval=None,
-                        close_timeout=0.5,
-                        user_agent_header=None,
-                    )
-                    for _ in range(min(args.batch, n - start))
-                )
+                *(echo_client(hello["port"], client_ssl) for _ in range(min(args.batch, n - start)))
             )
         await asyncio.sleep(2.0)
         after = rss_kib(hello["pid"])

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from cloudcore.globalmanager.spec import JobError, Settings, distributed_of, sequential_workers
+from cloudcore.globalmanager.spec import JobError, Settings, distributed_of, sequential_workers, training_dataset
 
 __all__ = ["JobError", "Settings", "build_pods", "trainer_env"]
 
@@ -230,12 +230,7 @@ def build_pods(
         return pods  # the training workers are the operator's (training.py)
     for i, worker in enumerate(trainers):
         name = str((worker.get("dataset") or {}).get("name") or "")
-        dataset = datasets.get(name)
-        if dataset is None:
-            raise JobError(f"spec.trainingWorkers[{i}].dataset: Dataset {name!r} does not exist")
-        node = str((dataset.get("spec") or {}).get("nodeName") or "")
-        if not node:
-            raise JobError(f"Dataset {name!r} has no spec.nodeName: a training worker runs where its data is")
+        dataset, node = training_dataset(datasets, name, f"spec.trainingWorkers[{i}].dataset")
         pods.append(_pod(job, TRAINER, i, worker.get("template") or {}, trainer_env(job), node=node, dataset=dataset))
     return pods
 

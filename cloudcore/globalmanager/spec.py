@@ -91,6 +91,17 @@ class Distributed:
         return (self.min_replicas, self.max_replicas) != (self.replicas, self.replicas)
 
 
+def training_dataset(datasets: dict[str, dict[str, Any]], name: str, field: str) -> tuple[dict[str, Any], str]:
+    """A training worker's Dataset and the node it is bound to; JobError naming ``field`` if either is missing."""
+    dataset = datasets.get(name)
+    if dataset is None:
+        raise JobError(f"{field}: Dataset {name!r} does not exist")
+    node = str((dataset.get("spec") or {}).get("nodeName") or "")
+    if not node:
+        raise JobError(f"Dataset {name!r} has no spec.nodeName: a training worker runs where its data is")
+    return dataset, node
+
+
 def _names(value: Any, field: str) -> tuple[str, ...]:
     if value is None:
         return ()

@@ -23,7 +23,7 @@ from cloudcore.globalmanager.pods import (
     worker_labels,
     worker_spec,
 )
-from cloudcore.globalmanager.spec import Distributed, JobError, distributed_of
+from cloudcore.globalmanager.spec import Distributed, JobError, distributed_of, training_dataset
 
 GROUP = "kubeflow.org"
 VERSION = "v1"
@@ -40,12 +40,7 @@ def data_nodes(plan: Distributed, datasets: dict[str, dict[str, Any]]) -> dict[s
     """node → the job's Dataset on it (the shard a worker there trains on)."""
     nodes: dict[str, str] = {}
     for name in plan.datasets:
-        dataset = datasets.get(name)
-        if dataset is None:
-            raise JobError(f"spec.trainingWorkers.datasets: Dataset {name!r} does not exist")
-        node = str((dataset.get("spec") or {}).get("nodeName") or "")
-        if not node:
-            raise JobError(f"Dataset {name!r} has no spec.nodeName: a training worker runs where its data is")
+        _, node = training_dataset(datasets, name, "spec.trainingWorkers.datasets")
         if node in nodes:
             raise JobError(f"Datasets {nodes[node]!r} and {name!r} are both on node {node}: one per node")
         nodes[node] = name
