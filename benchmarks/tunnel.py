@@ -33,6 +33,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import tracemalloc
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,8 @@ def cloud_child(conn: Connection, files: tuple[str, str, str], options: dict[str
 
 async def _cloud_child(conn: Connection, files: tuple[str, str, str], options: dict[str, Any]) -> None:
     configure_logging("warning", stream=sys.stderr)
+    if options.get("trace_memory"):
+        tracemalloc.start(options["trace_memory"])
     hub = CloudHub(
         ssl_context=server_context(*files),
         settings=HubSettings(
@@ -291,6 +294,7 @@ async def _cloud_child(conn: Connection, files: tuple[str, str, str], options: d
     try:
         port = await asyncio.wait_for(hub.wait_serving(), 10)
         gc.collect()
+        baseline = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
         conn.send({"port": port, "pid": os.getpid(), "rss_kib": rss_kib()})
         async with asyncio.timeout(options["lifetime"]):
             while True:
@@ -302,7 +306,10 @@ async def _cloud_child(conn: Connection, files: tuple[str, str, str], options: d
                     result = await _throughput(hub, changed, nodes, payload_bytes, warmup, seconds)
                     conn.send({**result, "disconnects": disconnects})
                 elif command[0] == "memory":
-                    conn.send(await _memory(hub, changed, command[1]))
+                    result = await _memory(hub, changed, command[1])
+                    if baseline is not None:
+                        result["sites"] = _allocation_sites(baseline, command[1])
+                    conn.send(result)
     except (TimeoutError, EOFError):
         pass  # the parent went away or the lifetime is up: stop all the same
     finally:
@@ -393,8 +400,21 @@ async def _memory(hub: CloudHub, changed: Online, expected: int) -> dict[str, An
     return {"connected": connected, "rss_kib": rss_kib()}
 
 
+def _allocation_sites(baseline: tracemalloc.Snapshot, connections: int, top: int = 40) -> list[tuple[str, float]]:
+    """Where the Python heap grew since ``baseline``, per connection, by the allocating line (``--trace-memory``)."""
+    diff = tracemalloc.take_snapshot().compare_to(baseline, "lineno")
+    return [(str(stat.traceback[0]), stat.size_diff / connections / 1024) for stat in diff[:top]]
+
+
 def start_cloud(
-    pki: Pki, *, node_limit: int, window: int, keepalive_interval: float, lifetime: float, cpus: list[int] | None
+    pki: Pki,
+    *,
+    node_limit: int,
+    window: int,
+    keepalive_interval: float,
+    lifetime: float,
+    cpus: list[int] | None,
+    trace_memory: int = 0,
 ) -> tuple[multiprocessing.process.BaseProcess, Connection]:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -404,6 +424,7 @@ def start_cloud(
         "keepalive_interval": keepalive_interval,
         "lifetime": lifetime,
         "cpus": cpus,
+        "trace_memory": trace_memory,
     }
     process = ctx.Process(
         target=cloud_child,
@@ -495,6 +516,7 @@ async def connections(args: argparse.Namespace, pki: Pki) -> dict[str, Any]:
         keepalive_interval=keepalive,
         lifetime=max(600.0, n * 0.2),
         cpus=args.server_cpus,
+        trace_memory=args.trace_memory,
     )
     stores: list[MetaStore] = []
     tasks: list[asyncio.Task[None]] = []
@@ -550,6 +572,7 @@ async def connections(args: argparse.Namespace, pki: Pki) -> dict[str, Any]:
         "teardown_s": teardown_s,
         "tcp_before": sockstat_before,
         "tcp_after": sockstat_after,
+        "sites": after.get("sites", []),
     }
     if half is not None and n - half["count"] > 0:
         result["rss_slope_kib"] = (after["rss_kib"] - half["rss_kib"]) / (n - half["count"])
@@ -723,6 +746,9 @@ async def main_connections(args: argparse.Namespace) -> None:
         ("keepalive interval, s", f"{args.keepalive_interval:g}"),
     ]
     print(table(rows))
+    if result["sites"]:
+        print("\nPython heap per connection by allocating line, KiB (tracemalloc: the RSS above is inflated by it)")
+        print(table([(f"{kib:6.2f}", site) for site, kib in result["sites"]]))
     line: dict[str, Any] = {
         "bench": "tunnel",
         "mode": "connections",
@@ -759,6 +785,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--edges-per-store", type=int, default=100, help="edges sharing one :memory: store")
     parser.add_argument("--no-pin", action="store_true", help="do not pin this process and the server to 2 CPUs")
     parser.add_argument("--keepalive-interval", type=float, default=60.0, help="keepalive in --connections mode")
+    parser.add_argument(
+        "--trace-memory",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="--connections: trace the hub's Python allocations (tracemalloc, FRAMES deep) and list the top sites",
+    )
     args = parser.parse_args(argv)
     if args.edges < 1 or args.payload_bytes < 1 or args.seconds <= 0 or args.rounds < 1 or args.connections < 0:
         parser.error("--edges, --payload-bytes, --seconds and --rounds must be positive, --connections not negative")

@@ -1,21 +1,29 @@
 """The I/O around one hub session: drives a sans-I/O ``CloudSession`` or ``EdgeSession`` over a websockets
 connection. Both CloudHub and EdgeHub use it; they differ only in how they handle the session's events.
 
-One TaskGroup per connection, so nothing outlives it:
+Three tasks per connection, all cancelled together when any of them ends:
   reader     frames in → decode → ``session.receive`` → events onto a bounded queue (full: reading pauses,
              and TCP pushes back on the peer)
   consumer   handles events in order (apply to the store, hand to a controller), then acks via the session
-  writer     ``session.messages_to_send`` plus queued best-effort messages → one frame (batching) or several
-  keepalive  sleeps until the session's next deadline, closes a silent link, wakes the writer
+  writer     ``session.messages_to_send`` plus queued best-effort messages → one frame (batching) or several;
+             also the link's clock: between wake-ups it sleeps until the session's next deadline (keepalive,
+             retransmit), and closes a link whose peer has gone silent
+
+A CloudCore holds one link per edge, 10,000 of them in one process, so a link is built from the lightest parts
+that do the job: plain deques and one-waiter wake-ups rather than asyncio Queues and Events (each of which
+holds deques of its own), no TaskGroup, and no keepalive task of its own.
 
 A peer that stops reading cannot hold a link open: a frame that does not go out within ``write_timeout`` aborts
 the connection, and so does a close that does not complete within twice ``close_timeout`` (websockets drains
-what is queued before it sends the close frame, and that never ends when the peer does not read).
+what is queued before it sends the close frame, and that never ends when the peer does not read). While a frame
+waits to go out, the silent-peer check waits with it; the write timeout bounds that wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
@@ -55,6 +63,39 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class Wakeup:
+    """A flag one task waits on and anything sets: an ``asyncio.Event`` for a single waiter, without the Event's
+    deque of waiters (a future exists only while the task waits)."""
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    async def wait(self) -> None:
+        if self._flag:
+            return
+        assert self._waiter is None, "a Wakeup has one waiter"
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
 class HubLink:
     def __init__(
         self,
@@ -81,13 +122,18 @@ class HubLink:
         self._max_first_frame = max_first_frame_bytes
         self._max_batch = max_batch
         self._loop = asyncio.get_running_loop()
-        self._inbound: asyncio.Queue[Event] = asyncio.Queue(INBOUND_QUEUE)
-        self._outbound: asyncio.Queue[Message] = asyncio.Queue(OUTBOUND_QUEUE)
-        self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
+        self._inbound: collections.deque[Event] = collections.deque()  # at most INBOUND_QUEUE
+        self._inbound_ready = Wakeup()  # the consumer waits for events
+        self._inbound_room = Wakeup()  # the reader waits for room
+        self._outbound: collections.deque[Message] = collections.deque()  # at most OUTBOUND_QUEUE
+        self._outbound_room: asyncio.Event | None = None  # senders wait here, made when first needed
+        self._wake = Wakeup()  # the writer waits for something to send
+        self._stop = Wakeup()  # run() waits for the end
         self.close_code: int | None = None
         self.close_reason = ""
         self.frames_sent = 0
+        self.bytes_sent = 0  # websocket payload, both ways: what a reconnect storm costs on the wire
+        self.bytes_received = 0
 
     def wake(self) -> None:
         """Something may be ready to send (an ack, a newer object): let the writer look."""
@@ -95,7 +141,12 @@ class HubLink:
 
     async def send(self, message: Message) -> None:
         """Queue a best-effort message (no seq, no ack); waits while the queue is full."""
-        await self._outbound.put(message)
+        while len(self._outbound) >= OUTBOUND_QUEUE:
+            if self._outbound_room is None:
+                self._outbound_room = asyncio.Event()  # several senders may wait at once
+            self._outbound_room.clear()
+            await self._outbound_room.wait()
+        self._outbound.append(message)
         self._wake.set()
 
     async def close(self, code: int, reason: str) -> None:
@@ -121,30 +172,36 @@ class HubLink:
     async def run(self) -> None:
         """Serve the connection until it closes, from either side or by a timeout."""
         self._wake.set()  # the session may already have something (the hello, the welcome)
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(self._guard(self._read()), name=f"{self._name}.reader"),
-                group.create_task(self._guard(self._consume()), name=f"{self._name}.consumer"),
-                group.create_task(self._guard(self._write()), name=f"{self._name}.writer"),
-                group.create_task(self._guard(self._keepalive()), name=f"{self._name}.keepalive"),
-            ]
+        create = self._loop.create_task
+        tasks = [
+            create(self._read(), name=f"{self._name}.reader"),
+            create(self._consume(), name=f"{self._name}.consumer"),
+            create(self._write(), name=f"{self._name}.writer"),
+        ]
+        try:
             await self._stop.wait()
+        finally:
             for task in tasks:
                 task.cancel()
+            ended = await asyncio.gather(*tasks, return_exceptions=True)
+        failures = [e for e in ended if isinstance(e, Exception)]
+        if failures:
+            raise ExceptionGroup(f"{self._name} failed", failures)
         if self.close_code is None:
             self.close_code = None if self.ws.close_code is None else int(self.ws.close_code)
             self.close_reason = self.ws.close_reason or ""
 
-    async def _guard(self, work: Awaitable[None]) -> None:
+    async def _read(self) -> None:
         try:
-            await work
+            await self._read_frames()
         except ConnectionClosed:
             pass  # the peer or the network ended it; run() reports the close code
         finally:
             self._stop.set()
 
-    async def _read(self) -> None:
+    async def _read_frames(self) -> None:
         async for frame in self.ws:
+            self.bytes_received += len(frame)
             first = self._max_first_frame
             if first is not None and not self.session.established and len(frame) > first:
                 reason = f"hello of {len(frame)} bytes exceeds the limit of {first}"
@@ -164,24 +221,57 @@ class HubLink:
                         log.warning("session_refused", link=self._name, code=int(event.code), reason=event.reason)
                         await self.close(event.code, event.reason)
                         return
-                    await self._inbound.put(event)
+                    while len(self._inbound) >= INBOUND_QUEUE:
+                        self._inbound_room.clear()
+                        await self._inbound_room.wait()
+                    self._inbound.append(event)
+                    self._inbound_ready.set()
             self._wake.set()
 
     async def _consume(self) -> None:
-        while True:
-            batch = [await self._inbound.get()]
-            while len(batch) < CONSUME_BATCH and not self._inbound.empty():
-                batch.append(self._inbound.get_nowait())
-            await self._handle(batch)
-            self._wake.set()  # handling produced acks
+        try:
+            while True:
+                while not self._inbound:
+                    self._inbound_ready.clear()
+                    await self._inbound_ready.wait()
+                inbound = self._inbound
+                batch = [inbound.popleft() for _ in range(min(len(inbound), CONSUME_BATCH))]
+                self._inbound_room.set()
+                await self._handle(batch)
+                self._wake.set()  # handling produced acks
+        except ConnectionClosed:
+            pass
+        finally:
+            self._stop.set()
 
     async def _write(self) -> None:
+        try:
+            await self._write_frames()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._stop.set()
+
+    async def _write_frames(self) -> None:
         while True:
-            await self._wake.wait()
+            if not self._wake.is_set():  # nothing to send: sleep until woken or the session's next deadline
+                delay = self.session.next_deadline() - self._loop.time()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(delay, 0.01)):
+                        await self._wake.wait()
             self._wake.clear()
-            messages = self.session.messages_to_send(self._loop.time(), now_ms())
-            while not self._outbound.empty():
-                messages.append(self._outbound.get_nowait())
+            now = self._loop.time()
+            timeout = self.session.check_timeouts(now)
+            if timeout is not None:
+                log.warning("link_timed_out", link=self._name, reason=timeout.reason)
+                await self.close(timeout.code, timeout.reason)
+                return
+            messages = self.session.messages_to_send(now, now_ms())
+            if self._outbound:
+                messages.extend(self._outbound)
+                self._outbound.clear()
+                if self._outbound_room is not None:
+                    self._outbound_room.set()
             for frame in self._frames(messages):
                 try:
                     async with asyncio.timeout(self._write_timeout):
@@ -192,6 +282,7 @@ class HubLink:
                     self._abort(CloseCode.TIMEOUT, reason)
                     return
                 self.frames_sent += 1
+                self.bytes_sent += len(frame)
 
     def _frames(self, messages: list[Message]) -> Iterator[bytes]:
         if not self.session.batching:
@@ -209,14 +300,3 @@ class HubLink:
             size += len(part) + 1
         if parts:
             yield b"[" + b",".join(parts) + b"]"
-
-    async def _keepalive(self) -> None:
-        while True:
-            delay = self.session.next_deadline() - self._loop.time()
-            await asyncio.sleep(max(delay, 0.01))
-            timeout = self.session.check_timeouts(self._loop.time())
-            if timeout is not None:
-                log.warning("link_timed_out", link=self._name, reason=timeout.reason)
-                await self.close(timeout.code, timeout.reason)
-                return
-            self._wake.set()
