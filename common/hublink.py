@@ -10,7 +10,7 @@ Three tasks per connection, all cancelled together when any of them ends:
              retransmit), and closes a link whose peer has gone silent
 
 A CloudCore holds one link per edge, 10,000 of them in one process, so a link is built from the lightest parts
-that do the job: plain deques and one-waiter wake-ups rather than asyncio Queues and Events (each of which
+that do the job: plain lists and one-waiter wake-ups rather than asyncio Queues and Events (each of which
 holds deques of its own), no TaskGroup, and no keepalive task of its own.
 
 A peer that stops reading cannot hold a link open: a frame that does not go out within ``write_timeout`` aborts
@@ -22,8 +22,6 @@ waits to go out, the silent-peer check waits with it; the write timeout bounds t
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
@@ -97,6 +95,32 @@ class Wakeup:
 
 
 class HubLink:
+    __slots__ = (
+        "_batch_bytes",
+        "_close_timeout",
+        "_handle",
+        "_inbound",
+        "_inbound_ready",
+        "_inbound_room",
+        "_loop",
+        "_max_batch",
+        "_max_first_frame",
+        "_max_frame",
+        "_name",
+        "_outbound",
+        "_outbound_room",
+        "_stop",
+        "_wake",
+        "_write_timeout",
+        "bytes_received",
+        "bytes_sent",
+        "close_code",
+        "close_reason",
+        "frames_sent",
+        "session",
+        "ws",
+    )
+
     def __init__(
         self,
         ws: Connection,
@@ -122,10 +146,11 @@ class HubLink:
         self._max_first_frame = max_first_frame_bytes
         self._max_batch = max_batch
         self._loop = asyncio.get_running_loop()
-        self._inbound: collections.deque[Event] = collections.deque()  # at most INBOUND_QUEUE
+        # Lists, not deques: an empty deque is ~600 bytes, an empty list ~60, and these stay short.
+        self._inbound: list[Event] = []  # at most INBOUND_QUEUE
         self._inbound_ready = Wakeup()  # the consumer waits for events
         self._inbound_room = Wakeup()  # the reader waits for room
-        self._outbound: collections.deque[Message] = collections.deque()  # at most OUTBOUND_QUEUE
+        self._outbound: list[Message] = []  # at most OUTBOUND_QUEUE
         self._outbound_room: asyncio.Event | None = None  # senders wait here, made when first needed
         self._wake = Wakeup()  # the writer waits for something to send
         self._stop = Wakeup()  # run() waits for the end
@@ -234,8 +259,8 @@ class HubLink:
                 while not self._inbound:
                     self._inbound_ready.clear()
                     await self._inbound_ready.wait()
-                inbound = self._inbound
-                batch = [inbound.popleft() for _ in range(min(len(inbound), CONSUME_BATCH))]
+                batch = self._inbound[:CONSUME_BATCH]
+                del self._inbound[:CONSUME_BATCH]
                 self._inbound_room.set()
                 await self._handle(batch)
                 self._wake.set()  # handling produced acks
@@ -255,10 +280,12 @@ class HubLink:
     async def _write_frames(self) -> None:
         while True:
             if not self._wake.is_set():  # nothing to send: sleep until woken or the session's next deadline
-                delay = self.session.next_deadline() - self._loop.time()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(delay, 0.01)):
-                        await self._wake.wait()
+                deadline = max(self.session.next_deadline(), self._loop.time() + 0.01)
+                alarm = self._loop.call_at(deadline, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    alarm.cancel()
             self._wake.clear()
             now = self._loop.time()
             timeout = self.session.check_timeouts(now)
@@ -268,8 +295,8 @@ class HubLink:
                 return
             messages = self.session.messages_to_send(now, now_ms())
             if self._outbound:
-                messages.extend(self._outbound)
-                self._outbound.clear()
+                messages += self._outbound
+                self._outbound = []
                 if self._outbound_room is not None:
                     self._outbound_room.set()
             for frame in self._frames(messages):

@@ -40,6 +40,8 @@ class Sent:
 
 
 class DownstreamSync:
+    __slots__ = ("_desired", "_known_digests", "_resources", "acked", "known", "resync_count", "sender")
+
     def __init__(
         self,
         desired: Mapping[ObjectUid, DesiredObject],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 
 class TokenBucket:
+    __slots__ = ("_at", "_tokens", "burst", "rate")
+
     def __init__(self, *, rate: float, burst: int, now: float) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError(f"a token bucket needs rate > 0 and burst >= 1 (got {rate}, {burst})")

@@ -33,6 +33,17 @@ class InFlight(Generic[K, P]):
 
 
 class ReliableSender(Generic[K, P]):
+    __slots__ = (
+        "_inflight",
+        "_inflight_keys",
+        "_next_seq",
+        "_pending",
+        "_retransmit_after",
+        "_retransmit_max",
+        "retransmits",
+        "window",
+    )
+
     def __init__(
         self,
         *,
@@ -129,6 +140,8 @@ class ReliableSender(Generic[K, P]):
 
 
 class ReliableReceiver:
+    __slots__ = ("_ack_sent", "_applying", "_committed_ahead", "_contiguous")
+
     def __init__(self) -> None:
         self._contiguous = 0  # 1.._contiguous are committed
         self._committed_ahead: set[int] = set()  # committed, but after a gap

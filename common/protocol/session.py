@@ -91,6 +91,9 @@ Event = Close | Ready | Deliver | Received | OutboxDelivered
 
 
 class _Liveness:
+    # Slots on the per-session classes: a CloudCore holds one session per edge, 10,000 in one process.
+    __slots__ = ("interval", "last_received", "last_sent", "read_timeout")
+
     def __init__(self, now: float, keepalive_interval: float, read_timeout: float | None) -> None:
         self.interval = keepalive_interval
         self.read_timeout = read_timeout if read_timeout is not None else keepalive_interval * READ_TIMEOUT_FACTOR
@@ -108,6 +111,7 @@ class _Liveness:
 
 
 class _Session:
+    __slots__ = ("batching", "established", "liveness", "receiver")
     role = ""
     source = ""
 
@@ -156,6 +160,16 @@ class _Session:
 
 
 class CloudSession(_Session):
+    __slots__ = (
+        "_allow_batching",
+        "_desired",
+        "_max_inventory",
+        "_retransmit_after",
+        "_welcome",
+        "_window",
+        "downstream",
+        "node",
+    )
     role = "cloud"
     source = "cloudhub"
 
@@ -277,6 +291,7 @@ class CloudSession(_Session):
 
 
 class EdgeSession(_Session):
+    __slots__ = ("_digests", "_inventory", "_want_batching", "outbox", "resync")
     role = "edge"
     source = "edgehub"
 
