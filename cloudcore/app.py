@@ -175,7 +175,7 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
     )
     monitor = Monitor(
         bind_address=config.common_config.monitor_server.bind_address,
-        collector=HubCollector(hub, [*informers, *learning], streams=streams, manager=manager),
+        collector=HubCollector(hub, [*informers, *learning], streams=streams, manager=manager, kube=kube),
         ready=serving.is_set,
     )
     modules = [

@@ -24,6 +24,7 @@ Errors are grouped by what the caller should do, converted here and nowhere else
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -122,10 +123,36 @@ async def _answered(call: Awaitable[T], what: str) -> T:
         raise KubeUnavailable(f"{what}: {exc or type(exc).__name__}") from exc
 
 
+def request_kind(method: str, path: str, query: list[tuple[str, Any]] | None) -> tuple[str, str]:
+    """(verb, resource) of a request as the API server's ``apiserver_request_total`` names them: a GET of a
+    collection is a LIST, one with ``watch`` a WATCH; the resource is ``pods``, ``pods/status`` and so on."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    if parts[:1] == ["api"]:
+        rest = parts[2:]
+    elif parts[:1] == ["apis"]:
+        rest = parts[3:]
+    else:
+        return method, ""  # /metrics, /readyz, /version
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]  # a namespaced resource; "namespaces/<name>" alone is the namespace itself
+    resource = rest[0] if rest else ""
+    if len(rest) >= 3:
+        resource = f"{resource}/{rest[2]}"
+    verb = method
+    if method == "GET":
+        if any(key == "watch" for key, _ in query or []):
+            verb = "WATCH"
+        elif len(rest) == 1:
+            verb = "LIST"
+    return verb, resource
+
+
 class Kube:
     def __init__(self, api: client.ApiClient, *, qps: float | None = None, burst: int = 1) -> None:
         self.api = api
         self._limiter = TokenBucket(rate=qps, burst=burst, now=0.0) if qps is not None else None
+        # Requests sent, by (verb, resource) as the API server counts them: what a reconnect storm costs it.
+        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
 
     @classmethod
     async def connect(cls, kubeconfig: str = "", *, master: str = "", qps: float | None = None, burst: int = 1) -> Kube:
@@ -167,6 +194,7 @@ class Kube:
         request_timeout: float | None = 30.0,
     ) -> aiohttp.ClientResponse:
         await self._wait_turn()
+        self.requests[request_kind(method, path, query)] += 1
         response: aiohttp.ClientResponse = await _answered(
             self.api.call_api(
                 path,
@@ -212,6 +240,14 @@ class Kube:
 
     async def get(self, path: str) -> Any:
         return await self.request("GET", path)
+
+    async def get_text(self, path: str) -> str:
+        """A path that answers plain text (``/metrics``, ``/readyz?verbose``)."""
+        response = await self._call("GET", path)
+        try:
+            return (await _answered(response.read(), f"GET {path}")).decode(errors="replace")
+        finally:
+            response.release()
 
     async def get_or_none(self, path: str) -> Any:
         """The object, or None when it does not exist."""

@@ -12,6 +12,7 @@ from cloudcore.cloudhub import CloudHub
 from cloudcore.cloudstream import StreamServer
 from cloudcore.globalmanager import GlobalManager
 from cloudcore.informer import Informer
+from cloudcore.kube import Kube
 
 
 class HubCollector(Collector):
@@ -22,7 +23,9 @@ class HubCollector(Collector):
         *,
         streams: StreamServer | None = None,
         manager: GlobalManager | None = None,
+        kube: Kube | None = None,
     ) -> None:
+        self._kube = kube
         self._hub = hub
         self._informers = informers
         self._streams = streams
@@ -85,6 +88,13 @@ class HubCollector(Collector):
             if informer.resource_version.isdigit():
                 seen.add_metric([informer.name], int(informer.resource_version))
         yield seen
+        if self._kube is not None:
+            requests = CounterMetricFamily(
+                "kubage_kube_requests", "Requests CloudCore sent the API server", labels=["verb", "resource"]
+            )
+            for (verb, resource), count in sorted(self._kube.requests.items()):
+                requests.add_metric([verb, resource], count)
+            yield requests
         if self._streams is not None:
             yield CounterMetricFamily(
                 "kubage_cloudstream_forwarded",

@@ -103,7 +103,9 @@ class EdgeHub:
         self._current = 0
         self.sessions = 0  # established sessions so far
         self.last_resync = 0
+        self.delivered = 0  # reliable cloud messages received, whether or not they changed the store
         self.applied = 0  # cloud messages that changed the store
+        self._wire = (0, 0)  # websocket payload bytes received and sent by the sessions that have ended
         self.rejected = 0
         self._waiting: dict[str, asyncio.Future[Message]] = {}  # msg_id of a request → its response
 
@@ -117,6 +119,15 @@ class EdgeHub:
     def add_connection_listener(self, listener: ConnectionListener) -> None:
         """``listener(connected)``: other modules switch to offline autonomy and back."""
         self._connection_listeners.append(listener)
+
+    @property
+    def bytes_received(self) -> int:
+        """Websocket payload received from the cloud over all sessions, the current one included."""
+        return self._wire[0] + (self._link.bytes_received if self._link is not None else 0)
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._wire[1] + (self._link.bytes_sent if self._link is not None else 0)
 
     @property
     def server(self) -> str:
@@ -250,6 +261,7 @@ class EdgeHub:
                 await link.close(CloseCode.GOING_AWAY, "EdgeCore is shutting down")
                 raise
             finally:
+                self._wire = (self._wire[0] + link.bytes_received, self._wire[1] + link.bytes_sent)
                 self._link = None
                 session.close()
                 if self.connected.is_set():
@@ -267,6 +279,7 @@ class EdgeHub:
                 log.error("cloud_message_rejected", resource=bad.message.route.resource, reason=bad.reason)
             for delivery in deliveries:
                 session.delivered(delivery.seq)
+            self.delivered += len(deliveries)
             self.applied += len(changes)
             self.rejected += len(rejected)
             if changes:
