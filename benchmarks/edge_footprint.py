@@ -46,14 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.support import CLOCK_TICKS, cpu_seconds, guarded, log, log_tails, stop_services
+from benchmarks.support import CLOCK_TICKS, cpu_seconds, guarded, log, log_tails, runtime_env, stop_services
 from cloudcore.kube import Kube, KubeError
 from common.loop import loop_name, run
 from scripts.harness.cluster import ControlPlane, create_namespace
 from scripts.harness.containerd import BUSYBOX_IMAGE, Containerd
 from scripts.harness.containerd import start as start_containerd
 from scripts.harness.pki import Pki
-from scripts.harness.procs import production_env
+from scripts.harness.procs import BIN, production_env
 from scripts.harness.services import CloudCoreProcess, EdgeCoreProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -320,6 +320,7 @@ async def bench(args: argparse.Namespace, kubeconfig: Path, res: Resources) -> R
             server=f"127.0.0.1:{cloud.port}",
             runtime_endpoint=res.containerd.endpoint,
             pki=pki,
+            bin_dir=args.bin_dir,
         )
         res.edgecore = edge
         t = loop.time()
@@ -431,7 +432,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--probes", action="store_true", help="the 10 pods have exec readiness and liveness probes every 2 s"
     )
+    parser.add_argument(
+        "--dev-env", action="store_true", help="run edgecore from this venv, test tools and all, not a runtime-only one"
+    )
     args = parser.parse_args(argv)
+    args.bin_dir = BIN if args.dev_env else runtime_env()
     if args.settle < 0 or args.window <= 0 or args.samples < 1 or args.pods_timeout <= 0:
         parser.error("--window, --samples and --pods-timeout must be positive, --settle not negative")
     return args

@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 
-from benchmarks.support import table
+from benchmarks.support import runtime_env, table
 from scripts.harness.procs import production_env
 
 STDLIB = "import asyncio, ssl, sqlite3, json"
@@ -42,10 +42,10 @@ PROBE = (
 )
 
 
-def rss_after(statement: str) -> int:
+def rss_after(python: str, statement: str) -> int:
     """KiB resident after ``statement`` in a fresh interpreter; -1 if it cannot import."""
     out = subprocess.run(
-        [sys.executable, "-c", PROBE.format(stmt=statement)],
+        [python, "-c", PROBE.format(stmt=statement)],
         capture_output=True,
         text=True,
         env=production_env(),
@@ -54,11 +54,11 @@ def rss_after(statement: str) -> int:
     return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else -1
 
 
-def slowest_imports(statement: str, count: int) -> list[tuple[str, int]]:
+def slowest_imports(python: str, statement: str, count: int) -> list[tuple[str, int]]:
     """(package, µs) of the packages slowest to import in ``statement``, by ``-X importtime``: each package's
     largest cumulative time at any depth (its own first import, with what it imports)."""
     out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", statement],
+        [python, "-X", "importtime", "-c", statement],
         capture_output=True,
         text=True,
         env=production_env(),
@@ -78,20 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeat", type=int, default=3, help="interpreters per line; the median is kept")
     parser.add_argument("--slowest", type=int, default=12, help="top-level imports listed by import time")
+    parser.add_argument(
+        "--dev-env", action="store_true", help="measure this venv, test tools and all, not a runtime-only one"
+    )
     args = parser.parse_args(argv)
+    python = sys.executable if args.dev_env else str(runtime_env() / "python")
 
     def median_rss(statement: str) -> int:
-        values = sorted(rss_after(statement) for _ in range(args.repeat))
+        values = sorted(rss_after(python, statement) for _ in range(args.repeat))
         return values[len(values) // 2]
 
     base = median_rss("pass")
     stdlib = median_rss(STDLIB)
-    costs = {what: median_rss(f"{STDLIB}; {stmt}") - stdlib for what, stmt in MODULES}
+    resident = {what: median_rss(f"{STDLIB}; {stmt}") for what, stmt in MODULES}
+    costs = {what: kib - stdlib for what, kib in resident.items() if kib >= 0}  # -1: not installed there
     rows = [("", "KiB resident (added)"), ("python, nothing imported", f"{base:,}")]
     rows.append(("+ asyncio, ssl, sqlite3, json", f"{stdlib:,} (+{stdlib - base:,})"))
-    rows += [(f"+ {what}", f"+{cost:,}") for what, cost in costs.items()]
+    rows += [(f"+ {what}", f"+{costs[what]:,}" if what in costs else "not installed") for what, _ in MODULES]
     print(table(rows))
-    slow = slowest_imports(f"{STDLIB}; import edgecore.app", args.slowest)
+    slow = slowest_imports(python, f"{STDLIB}; import edgecore.app", args.slowest)
     print(
         table(
             [("import edgecore.app: slowest packages", "cumulative ms")] + [(m, f"{us / 1000:.1f}") for m, us in slow]
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "bench": "edge_imports",
+                "environment": "dev" if args.dev_env else "runtime",
                 "python_kib": base,
                 "stdlib_kib": stdlib,
                 "edgecore_app_kib": total,

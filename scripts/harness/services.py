@@ -38,6 +38,7 @@ class Service:
     command: str = ""
     monitor_port: int = field(default_factory=free_port)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into settings(), key by key, last
+    bin_dir: Path = BIN  # where the command is installed: this venv, or another environment (benchmarks)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -50,7 +51,7 @@ class Service:
         raise NotImplementedError
 
     def argv(self) -> list[str]:
-        return [str(BIN / self.command), "--config", str(self.config)]
+        return [str(self.bin_dir / self.command), "--config", str(self.config)]
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
