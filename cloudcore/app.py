@@ -156,16 +156,6 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
     )
     serving = asyncio.Event()
 
-    async def run_hub() -> None:
-        # Serving before every cache is synced would diff edges against a partial desired set and delete
-        # what has simply not been listed yet.
-        await asyncio.gather(*(informer.synced.wait() for informer in informers))
-        serving.set()
-        try:
-            await hub.serve()
-        finally:
-            serving.clear()
-
     endpoint = stream_endpoint(config)
     lease = LeaseRenewer(
         kube=kube,
@@ -181,7 +171,7 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
     modules = [
         *(Module(f"informer.{i.name}", i.run) for i in [*informers, *learning]),
         *([Module("globalmanager", lambda: _after_sync(manager.run, [*informers, *learning]))] if manager else []),
-        Module("cloudhub", run_hub, Restart.NEVER),
+        Module("cloudhub", lambda: _serve_hub(hub, informers, serving), Restart.NEVER),
         Module("lease", lease.run),
         Module("monitor", monitor.run),
         *([Module("autonomy", autonomy.run)] if autonomy is not None else []),
@@ -202,6 +192,25 @@ async def build(config: CloudCoreConfig) -> tuple[Sequence[Module], Callable[[],
     if streams is not None:
         modules.append(Module("cloudstream", streams.run))
     return modules, kube.close
+
+
+async def _serve_hub(hub: CloudHub, informers: Sequence[Informer], serving: asyncio.Event) -> None:
+    """Listen at once, but start no session before every cache is synced: a session diffed against a partial
+    desired set would delete what has simply not been listed yet. Edges that reconnect meanwhile (to a restarted
+    CloudCore, say) wait, connected, rather than being refused and backing off further."""
+    hub.hold_sessions()
+
+    async def open_when_synced() -> None:
+        await asyncio.gather(*(informer.synced.wait() for informer in informers))
+        hub.open_sessions()
+        serving.set()
+
+    opener = asyncio.create_task(open_when_synced(), name="cloudhub.open")
+    try:
+        await hub.serve()
+    finally:
+        opener.cancel()
+        serving.clear()
 
 
 async def _after_sync(run: Callable[[], Awaitable[None]], informers: Sequence[Informer]) -> None:

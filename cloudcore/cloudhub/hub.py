@@ -118,6 +118,20 @@ class CloudHub:
         self.paced: collections.Counter[NodeName] = collections.Counter()
         self.dropped: collections.Counter[NodeName] = collections.Counter()
         self._throttle = Throttle()
+        # Sessions start once the desired sets are complete (``open_sessions``); until then connections are
+        # accepted and wait, so that edges reconnecting to a restarted CloudCore are not refused and do not
+        # back off further while its caches fill. Open by default, for a hub that nothing has to fill.
+        self._sessions_open = asyncio.Event()
+        self._sessions_open.set()
+        self._stopping = False
+
+    def hold_sessions(self) -> None:
+        """Accept connections but start no session until ``open_sessions``: the caches are not synced yet, and
+        a session diffed against a partial desired set would delete what has simply not been listed yet."""
+        self._sessions_open.clear()
+
+    def open_sessions(self) -> None:
+        self._sessions_open.set()
 
     # --- what controllers use ----------------------------------------------------------------------------
 
@@ -230,6 +244,8 @@ class CloudHub:
 
     async def _shutdown(self, server: Server) -> None:
         log.info("cloudhub_stopping", connected=len(self.registry))
+        self._stopping = True
+        self._sessions_open.set()  # connections still waiting for their session: let them go
         server.close(close_connections=False)  # stop accepting
         closing = [
             asyncio.create_task(entry.link.close(CloseCode.GOING_AWAY, "CloudCore is shutting down"))
@@ -263,6 +279,11 @@ class CloudHub:
         if path.startswith(streams.PATH_PREFIX):  # a stream, not a session: not counted against the node limit
             token = ws.request.headers.get(streams.TOKEN_HEADER, "") if ws.request is not None else ""
             await self.stream_acceptor(node, ws, path, token)
+            return
+        if not self._sessions_open.is_set():
+            await self._sessions_open.wait()
+        if self._stopping:
+            await ws.close(CloseCode.GOING_AWAY, "CloudCore is shutting down")
             return
         if self.registry.full_for(node):
             log.warning("connection_refused", node=node, peer=peer, reason="node limit reached")

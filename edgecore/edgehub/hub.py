@@ -30,6 +30,15 @@ from edgecore.metamanager.store import Change, MetaStore
 log = get_logger(__name__)
 
 STREAM_FRAME_BYTES = 1024 * 1024  # stream frames are 64 KiB chunks; the first is a request head
+# The longest wait between two attempts to reach CloudCore, and so how long after CloudCore is back an edge may
+# still wait: with a 30 s cap, a fleet took 39 s to resync after a 17 s CloudCore restart (reconnect.py). Full
+# jitter spreads a fleet's reconnects evenly over the cap; CloudCore accepts them while its caches fill.
+RECONNECT_CAP_S = 10.0
+
+
+def reconnect_delays() -> Iterator[float]:
+    return backoff_delays(cap=RECONNECT_CAP_S)
+
 
 ChangeListener = Callable[[list[Change]], None]
 MessageHandler = Callable[[Message], Awaitable[None]]
@@ -85,7 +94,7 @@ class EdgeHub:
         settings: EdgeHubSettings,
         ssl_context: ssl.SSLContext,
         store: MetaStore,
-        delays: Callable[[], Iterator[float]] = backoff_delays,
+        delays: Callable[[], Iterator[float]] = reconnect_delays,
         on_message: MessageHandler | None = None,
     ) -> None:
         self.settings = settings
