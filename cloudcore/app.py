@@ -262,7 +262,7 @@ def stream_server(
             )
         names = [*hub_config.advertise_address, *hub_config.dns_names, socket.gethostname(), "localhost", "127.0.0.1"]
         write_serving_cert(ca, list(dict.fromkeys(names)), cert_file, key_file)
-    client_cas = [stream.tls_stream_ca_file] if stream.tls_stream_ca_file else [str(kube.api.configuration.ssl_ca_cert)]
+    client_cas = [stream.tls_stream_ca_file] if stream.tls_stream_ca_file else [kube.ca_file]
     peer_context = None
     if ca is not None:
         peer_cert, peer_key = cert_file.with_name("cloudcore-peer.crt"), key_file.with_name("cloudcore-peer.key")

@@ -1,8 +1,8 @@
-"""A thin raw-JSON client over kubernetes_asyncio's ApiClient, and the one error family it raises.
+"""A thin raw-JSON client for the API server (aiohttp), and the one error family it raises.
 
 Controllers work on plain dicts exactly as the API server sends them (what goes down the tunnel is that
 JSON), so responses are not turned into generated model objects, which would cost time and lose fields.
-kubernetes_asyncio still does what it is good at: kubeconfig and in-cluster credentials, TLS, token refresh.
+Credentials come from ``cloudcore.kubeconfig`` (a kubeconfig file, or in-cluster).
 
 Errors are grouped by what the caller should do, converted here and nowhere else::
 
@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
-from kubernetes_asyncio import client, config
 
+from cloudcore.kubeconfig import Credentials, from_kubeconfig, in_cluster
 from common.protocol.ratelimit import TokenBucket
 
 JSON = "application/json"
@@ -148,34 +148,44 @@ def request_kind(method: str, path: str, query: list[tuple[str, Any]] | None) ->
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient, *, qps: float | None = None, burst: int = 1) -> None:
-        self.api = api
+    def __init__(self, credentials: Credentials, *, qps: float | None = None, burst: int = 1) -> None:
+        self.credentials = credentials
+        self._session: aiohttp.ClientSession | None = None  # made on first use, inside the running loop
         self._limiter = TokenBucket(rate=qps, burst=burst, now=0.0) if qps is not None else None
         # Requests sent, by (verb, resource) as the API server counts them: what a reconnect storm costs it.
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
 
     @classmethod
     async def connect(cls, kubeconfig: str = "", *, master: str = "", qps: float | None = None, burst: int = 1) -> Kube:
-        """From a kubeconfig file, or from the in-cluster service account when ``kubeconfig`` is empty.
+        """From a kubeconfig file, or from the in-cluster service account when ``kubeconfig`` is empty;
+        KubeconfigError when neither can be used.
 
         ``master`` replaces the API server address either gives; ``qps`` and ``burst`` limit the request rate
         on this side, as client-go does (None: no limit)."""
-        configuration = client.Configuration()
-        if kubeconfig:
-            await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        else:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        credentials = from_kubeconfig(kubeconfig) if kubeconfig else in_cluster()
         if master:
-            configuration.host = master.rstrip("/")
-        configuration.connection_pool_maxsize = 64
-        return cls(client.ApiClient(configuration), qps=qps, burst=burst)
+            credentials.server = master.rstrip("/")
+        return cls(credentials, qps=qps, burst=burst)
 
     @property
     def host(self) -> str:
-        return str(self.api.configuration.host)
+        return self.credentials.server
+
+    @property
+    def ca_file(self) -> str:
+        """The file of the CA that signs the API server's certificate ("" if the system's CAs do)."""
+        return self.credentials.ca_file
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=64, ssl=self.credentials.ssl_context or False)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
 
     async def close(self) -> None:
-        await self.api.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def _wait_turn(self) -> None:
         if self._limiter is not None:
@@ -195,17 +205,21 @@ class Kube:
     ) -> aiohttp.ClientResponse:
         await self._wait_turn()
         self.requests[request_kind(method, path, query)] += 1
+        headers = {"Accept": JSON, "Content-Type": content_type}
+        try:
+            authorization = self.credentials.authorization()
+        except OSError as exc:
+            raise KubeUnavailable(f"{method} {path}: service account token: {exc}") from exc
+        if authorization:
+            headers["Authorization"] = authorization
         response: aiohttp.ClientResponse = await _answered(
-            self.api.call_api(
-                path,
+            self._client().request(
                 method,
-                query_params=query or [],
-                header_params={"Accept": JSON, "Content-Type": content_type},
-                body=body,  # the REST client serializes it for every JSON content type
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
-                _request_timeout=request_timeout,
+                self.credentials.server + path,
+                params=[(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in query or []],
+                data=None if body is None else orjson.dumps(body),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=request_timeout),
             ),
             f"{method} {path}",
         )

@@ -52,10 +52,11 @@ async def _token(kubeconfig: str, ttl: float, node: str | None) -> str:
     # Imported here: the cloud side's code is not needed by the other subcommands.
     from cloudcore.certs import CA_SECRET, NAMESPACE, CaSecretError, load_ca  # noqa: PLC0415
     from cloudcore.kube import Kube, KubeError, KubeUnavailable  # noqa: PLC0415
+    from cloudcore.kubeconfig import KubeconfigError  # noqa: PLC0415
 
     try:
         kube = await Kube.connect(kubeconfig)
-    except Exception as exc:  # kubernetes_asyncio raises several types for a bad kubeconfig
+    except KubeconfigError as exc:
         raise GetTokenError(f"cannot use kubeconfig {kubeconfig}: {exc}") from exc
     try:
         ca = await load_ca(kube)

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from kubernetes_asyncio.config import ConfigException
 
 from cloudcore.certs import CA_SECRET, NAMESPACE, CaSecretError, ensure_ca, load_ca
 from cloudcore.kube import Conflict, Forbidden, Kube, KubeError, KubeUnavailable
+from cloudcore.kubeconfig import KubeconfigError
 from common.cli import package_version
 from common.logging import configure_logging
 from keadm import paths
@@ -228,7 +228,7 @@ async def connect(kubeconfig: str) -> Kube:
         raise StepError(f"kubeconfig {kubeconfig} not found (pass --kube-config or set KUBECONFIG)")
     try:
         kube = await Kube.connect(kubeconfig)
-    except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
+    except (KubeconfigError, OSError) as exc:
         raise StepError(f"kubeconfig {kubeconfig} cannot be used: {exc}") from None
     try:
         await kube.get("/version")

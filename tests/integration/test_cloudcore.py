@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client
+from kubernetes_asyncio import client, config
 
 from cloudcore.kube import Kube, KubeError
 from common import upstream
@@ -34,6 +34,15 @@ def cloudcore(control_plane: ControlPlane, pki: Pki, tmp_path: Path) -> Iterator
         yield proc
     finally:
         assert proc.stop() in (0, None, -9), proc.tail()
+
+
+@pytest.fixture
+async def core(control_plane: ControlPlane) -> AsyncIterator[client.CoreV1Api]:
+    """kubernetes_asyncio's typed API on the same kubeconfig, to create objects as a user would."""
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(control_plane.kubeconfig), client_configuration=configuration)
+    async with client.ApiClient(configuration) as api:
+        yield client.CoreV1Api(api)
 
 
 @pytest.fixture
@@ -67,11 +76,16 @@ async def kinds(edge: EdgeHub) -> dict[str, dict[str, str]]:
 
 
 async def test_pod_and_what_it_uses_arrive_follow_updates_and_leave(
-    control_plane: ControlPlane, kube: Kube, cloudcore: CloudCoreProcess, pki: Pki, namespace: str, tmp_path: Path
+    control_plane: ControlPlane,
+    kube: Kube,
+    core: client.CoreV1Api,
+    cloudcore: CloudCoreProcess,
+    pki: Pki,
+    namespace: str,
+    tmp_path: Path,
 ) -> None:
     node = unique("edge")
     await create_edge_node(kube, node)
-    core = client.CoreV1Api(kube.api)  # created through kubernetes_asyncio's typed API, as a user would
     meta = client.V1ObjectMeta
     await core.create_namespaced_config_map(
         namespace, client.V1ConfigMap(metadata=meta(name="cfg"), data={"mode": "fast"})
