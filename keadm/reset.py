@@ -135,7 +135,7 @@ def reset_edge(layout: EdgeLayout) -> int:
 
 
 def _reset_cloud(kubeconfig: str) -> int:
-    # The cloud side's code (kubernetes_asyncio and cloudcore) is loaded only here, so an edge reset on a
+    # The cloud side's code (cloudcore) is loaded only here, so an edge reset on a
     # gateway never imports it.
     from keadm import init  # noqa: PLC0415
 
