@@ -113,6 +113,9 @@ class MetaStore:
         # Held by every multi-statement write: a transaction stays open across awaits, and another writer's
         # BEGIN in between would fail (and its statements would join the wrong transaction).
         self._write_lock = asyncio.Lock()
+        # Every object's resourceVersion, as committed: apply() writes the objects table and nothing else does,
+        # so the version check needs no SELECT (a hop to SQLite's thread and back per batch). Read on first use.
+        self._committed: dict[ObjectUid, str] | None = None
 
     @classmethod
     async def open(cls, path: Path | str) -> MetaStore:
@@ -200,7 +203,10 @@ class MetaStore:
                 wanted.append((message, object_uid(message)))
             except MessageError as exc:
                 rejected.append(Rejected(message, str(exc)))
-        stored = await self._versions([uid for _, uid in wanted])
+        if self._committed is None:
+            self._committed = await self.inventory()
+        committed = self._committed
+        stored = {uid: committed[uid] for _, uid in wanted if uid in committed}  # this batch's view
         changes: list[Change] = []
         upserts: list[tuple[Any, ...]] = []
         deletes: list[tuple[str]] = []
@@ -235,6 +241,10 @@ class MetaStore:
             # Shielded: a transaction half-way through SQLite's thread runs to its end even if the caller is
             # cancelled; cancelling the wait would otherwise queue a ROLLBACK behind the COMMIT.
             await asyncio.shield(self._write(deletes, upserts))
+            for (gone,) in deletes:  # committed: in the order _write applied them
+                committed.pop(ObjectUid(gone), None)
+            for row in upserts:
+                committed[row[0]] = row[5]
         return changes, rejected
 
     async def _write(self, deletes: list[tuple[str]], upserts: list[tuple[Any, ...]]) -> None:
@@ -256,16 +266,6 @@ class MetaStore:
                 await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
-
-    async def _versions(self, uids: list[ObjectUid]) -> dict[ObjectUid, str]:
-        found: dict[ObjectUid, str] = {}
-        for start in range(0, len(uids), 500):  # stay under SQLite's bound-parameter limit
-            chunk = uids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT uid, resource_version FROM objects WHERE uid IN ({marks})"  # noqa: S608 - only "?" marks
-            # One hop to SQLite's thread for the whole chunk; iterating a cursor costs one per 64 rows.
-            found.update(await self._db.execute_fetchall(query, chunk))  # type: ignore[arg-type]
-        return found
 
     async def get(self, kind: str, namespace: str | None, name: str) -> Any:
         query = "SELECT content FROM objects WHERE kind = ? AND namespace IS ? AND name = ?"
