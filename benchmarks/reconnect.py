@@ -258,8 +258,10 @@ async def ask_all(edges: list[EdgeProcess], *command: Any, timeout: float = 60) 
 
 
 def start_edges(
-    args: argparse.Namespace, nodes: list[str], pki_dir: Path, port: int, workdir: Path
+    args: argparse.Namespace, nodes: list[str], pki_dir: Path, port: int, workdir: Path, *, lifetime: float = 0.0
 ) -> list[EdgeProcess]:
+    """``args.processes`` children holding ``nodes`` between them; each stops by itself after ``lifetime``
+    seconds (default: long enough for this benchmark) if the parent has not stopped it."""
     ctx = multiprocessing.get_context("spawn")
     per = math.ceil(len(nodes) / args.processes)
     out = []
@@ -272,7 +274,7 @@ def start_edges(
             "nodes": chunk,
             "pki": str(pki_dir),
             "port": port,
-            "lifetime": 600 + 0.5 * len(nodes),
+            "lifetime": lifetime or 600 + 0.5 * len(nodes),
             "log": str(workdir / f"edges-{k}.log"),
         }
         process = ctx.Process(target=edge_child, args=(child, spec), name=f"bench-reconnect-edges-{k}")

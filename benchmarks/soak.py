@@ -135,7 +135,8 @@ async def bench(args: argparse.Namespace, workdir: Path, res: Resources) -> int:
                 extra={"modules": {"edged": {"enable": False}}},
             )
             edgecore.start()
-            res.edges = start_edges(args, nodes, pki.directory, proxy.port, workdir)
+            lifetime = 60 * args.minutes + 600  # the whole soak, and time to set up and report
+            res.edges = start_edges(args, nodes, pki.directory, proxy.port, workdir, lifetime=lifetime)
             for edge in res.edges:
                 await recv_within(edge.conn, 120)
             connected = sum(r["connected"] for r in await ask_all(res.edges, "connect", 120, timeout=150))
@@ -186,6 +187,8 @@ async def bench(args: argparse.Namespace, workdir: Path, res: Resources) -> int:
                 await asyncio.sleep(max(0.0, started + k / args.rate - loop.time()))
             if cloudcore.process.exited() is not None or edgecore.process.exited() is not None:
                 raise RuntimeError("cloudcore or edgecore exited during the soak")
+            if any(not e.process.is_alive() for e in res.edges):
+                raise RuntimeError("the hollow edges' process exited during the soak")
     finally:
         await kube.close()
 
