@@ -73,11 +73,16 @@ class Resource:
 
     @classmethod
     def parse(cls, text: str) -> Resource:
+        return cls(*cls.split(text))
+
+    @staticmethod
+    def split(text: str) -> tuple[str | None, str, str]:
+        """``(namespace, type, name)`` without building a Resource: the edge store's per-row path."""
         parts = text.split("/", 2)
         if len(parts) != 3 or not parts[1] or not parts[2] or not parts[0]:
             raise MessageError(f"resource {text!r} is not <namespace>/<type>/<name>")
         namespace, kind, name = parts
-        return cls(None if namespace == NULL_NAMESPACE else namespace, kind, name)
+        return None if namespace == NULL_NAMESPACE else namespace, kind, name
 
     def __str__(self) -> str:
         return f"{self.namespace if self.namespace is not None else NULL_NAMESPACE}/{self.type}/{self.name}"

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 import orjson
@@ -89,9 +89,9 @@ class CorruptDatabase(Exception):
     """The file is not a healthy SQLite database of ours."""
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One object the cloud changed at the edge, for the modules that act on it (edged, devicetwin)."""
+class Change(NamedTuple):
+    """One object the cloud changed at the edge, for the modules that act on it (edged, devicetwin). A tuple,
+    not a frozen dataclass: one is made per applied row, and a tuple is made in half the time."""
 
     operation: str  # insert, update or delete
     uid: ObjectUid
@@ -211,32 +211,23 @@ class MetaStore:
         upserts: list[tuple[Any, ...]] = []
         deletes: list[tuple[str]] = []
         for message, uid in wanted:
+            route = message.route
             if not should_apply(message, stored.get(uid)):
                 continue
-            if message.route.operation == Operation.DELETE:
+            if route.operation == Operation.DELETE:
                 stored.pop(uid, None)
                 deletes.append((uid,))
-                changes.append(Change(Operation.DELETE, uid, message.route.resource, "", message.content))
+                changes.append(Change(Operation.DELETE, uid, route.resource, "", message.content))
                 continue
             try:
-                resource = Resource.parse(message.route.resource)
+                namespace, kind, name = Resource.split(route.resource)
             except MessageError as exc:
                 rejected.append(Rejected(message, str(exc)))
                 continue
             rv = message.header.resourceversion
             stored[uid] = rv
-            upserts.append(
-                (
-                    uid,
-                    message.route.resource,
-                    resource.type,
-                    resource.namespace,
-                    resource.name,
-                    rv,
-                    orjson.dumps(message.content),
-                )
-            )
-            changes.append(Change(message.route.operation, uid, message.route.resource, rv, message.content))
+            upserts.append((uid, route.resource, kind, namespace, name, rv, orjson.dumps(message.content)))
+            changes.append(Change(route.operation, uid, route.resource, rv, message.content))
         if upserts or deletes:
             # Shielded: a transaction half-way through SQLite's thread runs to its end even if the caller is
             # cancelled; cancelling the wait would otherwise queue a ROLLBACK behind the COMMIT.
