@@ -25,7 +25,6 @@ import contextlib
 import json
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from typing import Any
 
 from benchmarks.dispatch import bounded_gather, create_nodes, node_name, node_pki
 from benchmarks.reconnect import EdgeProcess, ask_all, start_edges
-from benchmarks.support import guarded, log, log_tails, recv_within, rss_kib, stop_child, table
+from benchmarks.support import guarded, log, log_tails, recv_within, rss_kib, slope, stop_child, table
 from cloudcore.kube import Kube, KubeError
 from common.loop import run
 from scripts.harness.cluster import ControlPlane, create_edge_node, create_namespace
@@ -84,16 +83,6 @@ def pod_body(name: str, node: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": "bench-soak"}},
         "spec": {"nodeName": node, "containers": [{"name": "main", "image": IMAGE}]},
     }
-
-
-def slope(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope of y over x; 0 with fewer than two points."""
-    if len(points) < 2:
-        return 0.0
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in points) / den if den else 0.0
 
 
 async def bench(args: argparse.Namespace, workdir: Path, res: Resources) -> int:

@@ -10,6 +10,7 @@ import multiprocessing.process
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -173,3 +174,13 @@ def stop_child(process: multiprocessing.process.BaseProcess, conn: Connection | 
         process.join(5)
     if conn is not None:
         conn.close()
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x; 0 with fewer than two points."""
+    if len(points) < 2:
+        return 0.0
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in points) / den if den else 0.0
