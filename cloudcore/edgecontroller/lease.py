@@ -7,6 +7,7 @@ as alive; when the session ends, renewals stop and the node goes NotReady after 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 
 from cloudcore.cloudhub import CloudHub
@@ -39,7 +40,18 @@ class LeaseRenewer:
         self._annotations = annotations or {}
         self._hub = hub
         self._interval = interval
+        # Nodes whose session has just started: renewed at once, not at the next round (up to an interval
+        # later), as a kubelet writes its lease when it starts. Until then the node would read as never
+        # connected to anyone who looks at its Lease (cloudstream's offline message, say).
+        self._connected: set[NodeName] = set()
+        self._wake = asyncio.Event()
+        hub.add_listener(self._on_connection)
         self.renewals = 0
+
+    def _on_connection(self, node: NodeName, connected: bool) -> None:
+        if connected:
+            self._connected.add(node)
+            self._wake.set()
 
     async def run(self) -> None:
         # A round renews every connected node, a bounded number at a time: one request after another
@@ -53,10 +65,18 @@ class LeaseRenewer:
                 except KubeError as exc:
                     log.warning("lease_renewal_failed", node=node, error=str(exc))
 
+        loop = asyncio.get_running_loop()
         while True:
-            started = asyncio.get_running_loop().time()
+            deadline = loop.time() + self._interval
+            self._connected.clear()  # this round covers them
             await asyncio.gather(*(renew(node) for node in sorted(self._hub.connected_nodes())))
-            await asyncio.sleep(max(0.0, self._interval - (asyncio.get_running_loop().time() - started)))
+            while (remaining := deadline - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._wake.wait()
+                self._wake.clear()
+                fresh, self._connected = self._connected, set()
+                await asyncio.gather(*(renew(node) for node in sorted(fresh)))
 
     async def renew(self, node: NodeName) -> None:
         spec = {"holderIdentity": node, "leaseDurationSeconds": LEASE_DURATION_S, "renewTime": micro_time()}
