@@ -29,11 +29,13 @@ from common.logging import Throttle, get_logger
 from common.messages import Group, Message, NodeName, ObjectUid, Operation, new_message
 from common.nodelabels import forbidden_labels
 from common.protocol.backoff import backoff_delays
+from common.protocol.versions import is_newer
 
 log = get_logger(__name__)
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 DEVICES = "/apis/devices.kubeedge.io/v1beta1"
+POD_CONDITIONS_KEPT = 2048  # pods whose last written conditions are kept (a few seconds of status reports)
 
 
 class Refused(Exception):
@@ -96,6 +98,10 @@ class Upstream:
         # The newest device status this replica wrote, by "ns/name": the watch may not have brought it back
         # yet, and twins are merged into the whole list.
         self._device_status: dict[str, tuple[int, dict[str, Any]]] = {}
+        # The pod conditions this replica last wrote (resourceVersion, conditions), by pod UID, oldest first: a
+        # report that follows within the watch's lag must not be compared with the cache's older conditions,
+        # or it resets a lastTransitionTime. Bounded, since past a few seconds of writes the cache has caught up.
+        self._pod_conditions: dict[str, tuple[str, list[dict[str, Any]]]] = {}
         # Sedna's reports (Datasets, workers, weights to carry) go to the global manager, when it runs.
         self.learning: Callable[[NodeName, contract.Request], Awaitable[None]] | None = None
 
@@ -242,24 +248,39 @@ class Upstream:
             log.info("pod_status_stale", node=node, pod=f"{namespace}/{name}", uid=uid)
             self._hub.reconcile(node, ObjectUid(uid))
             return
-        old_conditions = (pod.get("status") or {}).get("conditions") or []
+        old_conditions = self._conditions_before(uid, pod)
         status = {
             **request.status,
             "conditions": keep_transition_times(request.status.get("conditions") or [], old_conditions),
         }
         path = f"/api/v1/namespaces/{namespace}/pods/{name}"
         try:
-            await self._kube.request(
+            patched = await self._kube.request(
                 "PATCH",
                 f"{path}/status",
                 body={"metadata": {"uid": uid}, "status": status},
                 content_type=STRATEGIC_PATCH,
             )
         except (NotFound, Conflict):  # deleted, or the UID precondition failed meanwhile
+            self._pod_conditions.pop(uid, None)
             self._hub.reconcile(node, ObjectUid(uid))
             return
+        self._remember_conditions(uid, patched)
         if pod["metadata"].get("deletionTimestamp") and status.get("phase") in TERMINAL_PHASES:
             await self._finish_deletion(path, uid)
+
+    def _conditions_before(self, uid: str, pod: dict[str, Any]) -> list[dict[str, Any]]:
+        written = self._pod_conditions.get(uid)
+        if written is not None and is_newer(written[0], str(pod["metadata"].get("resourceVersion", ""))):
+            return written[1]
+        return list((pod.get("status") or {}).get("conditions") or [])
+
+    def _remember_conditions(self, uid: str, patched: dict[str, Any]) -> None:
+        self._pod_conditions.pop(uid, None)  # re-inserted: the newest write goes last
+        rv = str(patched["metadata"].get("resourceVersion", ""))
+        self._pod_conditions[uid] = (rv, list((patched.get("status") or {}).get("conditions") or []))
+        while len(self._pod_conditions) > POD_CONDITIONS_KEPT:
+            del self._pod_conditions[next(iter(self._pod_conditions))]
 
     async def _pod_deleted(self, node: NodeName, request: contract.PodDeleted) -> None:
         """The edge has stopped and removed a pod that is being deleted: complete the deletion."""
