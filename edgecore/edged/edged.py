@@ -180,20 +180,25 @@ class Edged:
 
     async def run(self) -> None:
         try:
+            loop = asyncio.get_running_loop()
             only: set[str] | None = None  # the first round syncs every pod
+            full_at = 0.0
             while True:
+                if only is None:
+                    full_at = loop.time() + self._interval
                 try:
                     await self.sync_once(wait=False, only=only)
                 except ContainerRuntimeError as exc:
                     log.warning("runtime_unavailable", error=str(exc))
                     self._sync_all = True
-                woken = False
+                # The interval's round comes on time however often pods change: it is the one that finds a
+                # container that exited, which no pod event announces.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._interval):
+                    async with asyncio.timeout_at(full_at):
                         await self._wake.wait()
-                        woken = True
                 self._wake.clear()
-                only = self._changed_pods if woken and not self._sync_all else None
+                due = loop.time() >= full_at
+                only = None if due or self._sync_all else self._changed_pods
                 self._changed_pods, self._sync_all = set(), False
         finally:
             workers = list(self._workers.values())

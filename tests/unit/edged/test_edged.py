@@ -358,3 +358,42 @@ async def test_a_pod_change_syncs_that_pod_alone_and_any_other_change_every_pod(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_the_interval_round_syncs_every_pod_however_often_one_pod_changes(
+    store: MetaStore, tmp_path: Path
+) -> None:
+    # The interval's round is what finds a container that exited; a chatty pod must not postpone it forever.
+    runtime, published = HollowRuntime(), Published()
+    for name in ("chatty", "quiet"):
+        await put(store, "pod", pod(name))
+    e = Edged(
+        node_name=NODE,
+        store=store,
+        runtime=runtime,
+        root=tmp_path / "edged",
+        publish=published,
+        host_ip="192.0.2.7",
+        sync_interval=0.5,
+        cgroup_root=tmp_path / "cgroup",
+    )
+    synced: list[str] = []
+    sync_pod = e._sync_pod
+
+    async def spy(p: dict[str, Any], *args: Any) -> None:
+        synced.append(p["metadata"]["name"])
+        await sync_pod(p, *args)
+
+    e._sync_pod = spy  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(e.run())
+    try:
+        await eventually(lambda: "quiet" in synced)
+        synced.clear()
+        for _ in range(40):  # 2 s of a change every 50 ms
+            e.wake([Change(Operation.UPDATE, ObjectUid("uid-chatty"), "default/pod/chatty", "2", {})])
+            await asyncio.sleep(0.05)
+        assert synced.count("quiet") >= 2, synced
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
