@@ -5,7 +5,7 @@ fresh interpreter, and the slowest imports by ``python -X importtime``. The firs
 Each line is its own fresh interpreter (the same one EdgeCore runs on, the environment EdgeCore runs with):
 the baseline imports nothing; every other line imports the standard library EdgeCore needs (asyncio, ssl,
 sqlite3), then its own module. Its cost is its VmRSS minus the standard-library line's. Libraries import
-each other, so costs overlap (pydantic is inside the config, grpc inside the CRI client): the last line,
+each other, so costs overlap (yaml is inside the config, grpc inside the CRI client): the last line,
 ``edgecore.app`` whole, is the total. Prints a table and, last, one JSON line.
 """
 
@@ -22,7 +22,6 @@ from scripts.harness.procs import production_env
 
 STDLIB = "import asyncio, ssl, sqlite3, json"
 MODULES = [  # (what, import statement)
-    ("pydantic (config validation)", "import pydantic"),
     ("grpc + the CRI stubs", "import grpc; from edgecore.edged.cri import api_pb2, api_pb2_grpc"),
     ("structlog (logging)", "import structlog"),
     ("rich (structlog's pretty tracebacks)", "import rich"),

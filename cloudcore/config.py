@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
-
-from common.config import ConfigModel, load_config, must_be_true
+from common.config import ConfigModel, Field, load_config, must_be_true
 
 ENV_PREFIX = "CLOUDCORE"
 DEFAULT_CONFIG_PATH = Path("/etc/kubage/cloudcore.yaml")
@@ -57,14 +55,12 @@ class KubeAPIConfig(ConfigModel):
 
 
 class WebSocketListener(ConfigModel):
-    enable: bool = True
+    enable: bool = Field(default=True, check=must_be_true("edges connect only through this listener"))
     """Must be true: the WebSocket listener is how edges connect."""
     address: str = "0.0.0.0"  # noqa: S104 - CloudCore serves edges on other machines
     """Address to listen on for edges."""
     port: int = Field(default=10000, ge=1, le=65535)
     """Port to listen on for edges (KubeEdge's 10000)."""
-
-    _enabled = field_validator("enable")(must_be_true("edges connect only through this listener"))
 
 
 class HttpsListener(ConfigModel):
@@ -79,7 +75,7 @@ class HttpsListener(ConfigModel):
 
 
 class CloudHub(ConfigModel):
-    enable: bool = True
+    enable: bool = Field(default=True, check=must_be_true("edges connect to CloudHub"))
     """Must be true: CloudHub is what edges connect to."""
     advertise_address: list[str] = Field(default_factory=list)
     """Addresses edges reach CloudCore at; they go into the serving certificate."""
@@ -130,11 +126,9 @@ class CloudHub(ConfigModel):
     https: HttpsListener = Field(default_factory=HttpsListener)
     """The certificate service edges join and renew through."""
 
-    _enabled = field_validator("enable")(must_be_true("edges connect to CloudHub"))
-
 
 class EdgeController(ConfigModel):
-    enable: bool = True
+    enable: bool = Field(default=True, check=must_be_true("it is what sends each node its objects"))
     """Must be true: the edge controller is what sends each node its objects."""
     lease_renew_interval: float = Field(default=10.0, gt=0)
     """Seconds between renewals of a connected node's Lease (a quarter of its 40 s duration)."""
@@ -145,8 +139,6 @@ class EdgeController(ConfigModel):
     pod_autonomy: bool = True
     """Pods on edge nodes tolerate the not-ready and unreachable taints for ever, so a disconnected edge's pods
     are not evicted; a pod annotated edge.kubage.io/autonomy: "false" is evicted as in any cluster."""
-
-    _enabled = field_validator("enable")(must_be_true("it is what sends each node its objects"))
 
 
 class CloudStream(ConfigModel):

@@ -9,14 +9,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel
-
-from common.config import ConfigError, to_yaml
+from common.config import ConfigError, ConfigModel, to_yaml
 
 EXIT_USAGE = 2  # bad flags or a config that does not validate
 EXIT_NOT_BUILT = 3  # the feature asked for has not landed yet
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
+ModelT = TypeVar("ModelT", bound=ConfigModel)
 
 
 def package_version() -> str:

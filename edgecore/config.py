@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
-
-from common.config import ConfigModel, load_config, must_be_true
+from common.config import ConfigModel, Field, load_config, must_be_true
 from common.nodelabels import forbidden_labels
 
 ENV_PREFIX = "EDGECORE"
@@ -61,7 +59,7 @@ class Database(ConfigModel):
 
 
 class EdgeHubWebSocket(ConfigModel):
-    enable: bool = True
+    enable: bool = Field(default=True, check=must_be_true("it is how EdgeCore reaches CloudCore"))
     """Must be true: the WebSocket is how EdgeCore reaches CloudCore."""
     server: str = "127.0.0.1:10000"
     """CloudCore's host:port; several, comma-separated, are tried in turn (CloudCore replicas)."""
@@ -77,11 +75,9 @@ class EdgeHubWebSocket(ConfigModel):
     close_timeout: float = Field(default=2.0, gt=0)
     """Seconds a closing link waits for CloudCore's close frame."""
 
-    _enabled = field_validator("enable")(must_be_true("it is how EdgeCore reaches CloudCore"))
-
 
 class EdgeHub(ConfigModel):
-    enable: bool = True
+    enable: bool = Field(default=True, check=must_be_true("EdgeHub is EdgeCore's link to the cloud"))
     """Must be true: EdgeHub is EdgeCore's link to the cloud."""
     heartbeat: float = Field(default=15.0, gt=0)
     """Seconds without sending before a keepalive goes to CloudCore."""
@@ -106,17 +102,13 @@ class EdgeHub(ConfigModel):
     rotate_certificates: bool = True
     """Renew the node certificate at a jittered 70-90 % of its lifetime."""
 
-    _enabled = field_validator("enable")(must_be_true("EdgeHub is EdgeCore's link to the cloud"))
-
-    @model_validator(mode="after")
-    def _read_deadline_above_heartbeat(self) -> Self:
+    def check(self) -> None:
         deadline = self.websocket.read_deadline
         if deadline is not None and deadline <= self.heartbeat:
             raise ValueError(
                 f"websocket.readDeadline ({deadline:g} s) must be longer than heartbeat ({self.heartbeat:g} s), "
                 "or the link is closed between two keepalives"
             )
-        return self
 
 
 class Edged(ConfigModel):
@@ -169,12 +161,10 @@ class Edged(ConfigModel):
     """Sysctls outside the kubelet's safe set that pods may set (names, or prefixes ending in ``*``, e.g.
     ``kernel.msg*``); a pod asking for any other is rejected with SysctlForbidden, as by the kubelet."""
 
-    @model_validator(mode="after")
-    def _labels_a_node_may_set(self) -> Self:
+    def check(self) -> None:
         forbidden = forbidden_labels(self.hostname_override, self.node_labels)
         if forbidden:  # CloudCore would refuse the registration: say so here, at start
             raise ValueError(f"nodeLabels: a node may not set {', '.join(forbidden)}")
-        return self
 
 
 class EventBus(ConfigModel):
@@ -207,7 +197,7 @@ class EdgeStream(ConfigModel):
     """Serve CloudCore's stream requests: kubectl logs, exec, attach, port-forward and the node proxy."""
     max_streams: int = Field(default=32, ge=1)
     """Streams served at once at most; one more is answered 429."""
-    max_bytes_per_second: float = Field(default=16 * 1024 * 1024, ge=0)
+    max_bytes_per_second: float = Field(default=16.0 * 1024 * 1024, ge=0)
     """Pace of each exec, attach and port-forward stream, each way (0: none), so that a bulk copy leaves the
     gateway's CPU and link to the object sync; 16 MiB/s is 134 Mbit/s, above most edge links."""
 

@@ -4,16 +4,14 @@ with a message that names it (KubeEdge keys kubage does not support say why)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
 
 from cloudcore import config as cloud_config
 from cloudcore.cloudhub import HubSettings
 from cloudcore.edgecontroller.upstream import RetryPolicy
-from common.config import ConfigError, to_yaml
+from common.config import ConfigError, ConfigModel, descriptions, dump, fields_of, to_yaml
 from common.messages import NodeName
 from edgecore import app as edge_app
 from edgecore import config as edge_config
@@ -36,22 +34,22 @@ def load_edge(tmp_path: Path, text: str) -> edge_config.EdgeCoreConfig:
     return edge_config.load(path)
 
 
-def fields_of(model: type[BaseModel], where: str = "") -> list[tuple[str, Any]]:
+def keys_of(model: type[ConfigModel], where: str = "") -> list[tuple[str, type[ConfigModel], str]]:
+    """Every key under ``model``: (dotted YAML key, its section, its attribute)."""
     found = []
-    for name, field in model.model_fields.items():
-        key = f"{where}{field.alias or name}"
-        found.append((key, field))
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            found += fields_of(annotation, key + ".")
+    for info in fields_of(model):
+        key = f"{where}{info.key}"
+        found.append((key, model, info.name))
+        if info.section is not None:
+            found += keys_of(info.section, key + ".")
     return found
 
 
 @pytest.mark.parametrize("model", [cloud_config.CloudCoreConfig, edge_config.EdgeCoreConfig])
 def test_every_key_has_a_description_and_the_commented_defaults_load_back(
-    model: type[BaseModel], tmp_path: Path
+    model: type[ConfigModel], tmp_path: Path
 ) -> None:
-    undocumented = [key for key, field in fields_of(model) if not field.description]
+    undocumented = [key for key, section, name in keys_of(model) if name not in descriptions(section)]
     assert undocumented == []
     text = to_yaml(model())
     assert "# Edges connected at once at most" in text or "# The link to CloudCore." in text
@@ -59,7 +57,7 @@ def test_every_key_has_a_description_and_the_commented_defaults_load_back(
     path.write_text(text)
     loader = cloud_config.load if model is cloud_config.CloudCoreConfig else edge_config.load
     assert loader(path) == model()
-    assert yaml.safe_load(text) == model().model_dump(by_alias=True, mode="json")
+    assert yaml.safe_load(text) == dump(model())
 
 
 # --- cloudcore.yaml ------------------------------------------------------------------------------------------
