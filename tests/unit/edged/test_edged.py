@@ -315,21 +315,16 @@ async def test_a_deleted_pod_stops_its_app_first_then_its_sidecars_last_declared
     assert stopped[:3] == ["main", "logger", "proxy"]
 
 
-async def test_a_pod_change_syncs_that_pod_alone_and_any_other_change_every_pod(
-    store: MetaStore, tmp_path: Path
-) -> None:
-    # Syncing every pod on every pod event made a burst of creations quadratic (benchmarks/pod_start.py).
-    runtime, published = HollowRuntime(), Published()
-    for name in ("a", "b"):
-        await put(store, "pod", pod(name))
+def edged_telling_synced_pods(store: MetaStore, tmp_path: Path, *, sync_interval: float) -> tuple[Edged, list[str]]:
+    """An Edged on a hollow runtime, and the names of the pods it syncs, in order."""
     e = Edged(
         node_name=NODE,
         store=store,
-        runtime=runtime,
+        runtime=HollowRuntime(),
         root=tmp_path / "edged",
-        publish=published,
+        publish=Published(),
         host_ip="192.0.2.7",
-        sync_interval=3600,  # no interval round during the test: only wake-ups
+        sync_interval=sync_interval,
         cgroup_root=tmp_path / "cgroup",
     )
     synced: list[str] = []
@@ -340,6 +335,16 @@ async def test_a_pod_change_syncs_that_pod_alone_and_any_other_change_every_pod(
         await sync_pod(p, *args)
 
     e._sync_pod = spy  # type: ignore[method-assign,assignment]
+    return e, synced
+
+
+async def test_a_pod_change_syncs_that_pod_alone_and_any_other_change_every_pod(
+    store: MetaStore, tmp_path: Path
+) -> None:
+    # Syncing every pod on every pod event made a burst of creations quadratic (benchmarks/pod_start.py).
+    for name in ("a", "b"):
+        await put(store, "pod", pod(name))
+    e, synced = edged_telling_synced_pods(store, tmp_path, sync_interval=3600)  # no interval round: only wake-ups
     task = asyncio.create_task(e.run())
     try:
         await eventually(lambda: sorted(synced) == ["a", "b"])  # the first round: every pod
@@ -364,27 +369,9 @@ async def test_the_interval_round_syncs_every_pod_however_often_one_pod_changes(
     store: MetaStore, tmp_path: Path
 ) -> None:
     # The interval's round is what finds a container that exited; a chatty pod must not postpone it forever.
-    runtime, published = HollowRuntime(), Published()
     for name in ("chatty", "quiet"):
         await put(store, "pod", pod(name))
-    e = Edged(
-        node_name=NODE,
-        store=store,
-        runtime=runtime,
-        root=tmp_path / "edged",
-        publish=published,
-        host_ip="192.0.2.7",
-        sync_interval=0.5,
-        cgroup_root=tmp_path / "cgroup",
-    )
-    synced: list[str] = []
-    sync_pod = e._sync_pod
-
-    async def spy(p: dict[str, Any], *args: Any) -> None:
-        synced.append(p["metadata"]["name"])
-        await sync_pod(p, *args)
-
-    e._sync_pod = spy  # type: ignore[method-assign,assignment]
+    e, synced = edged_telling_synced_pods(store, tmp_path, sync_interval=0.5)
     task = asyncio.create_task(e.run())
     try:
         await eventually(lambda: "quiet" in synced)
