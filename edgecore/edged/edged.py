@@ -148,6 +148,7 @@ class Edged:
         # did (a configmap, a probe's verdict, a reconnect). The interval's round always syncs every pod.
         self._changed_pods: set[str] = set()
         self._sync_all = False
+        self._exited: set[str] = set()  # containers seen exited in the last round
         self._backoffs: dict[tuple[str, str], _Backoff] = {}
         self._reported: dict[str, dict[str, Any]] = {}  # pod uid → last status published
         self._deleting_reported: set[str] = set()
@@ -229,6 +230,7 @@ class Edged:
         for container in containers:
             in_sandbox.setdefault(container.sandbox_id, []).append(container)
         self._prober.forget({c.id for c in containers if c.state is ContainerState.RUNNING})
+        only = self._and_exited(only, sandboxes, containers)
         started: list[asyncio.Task[None]] = []
         wanted = set()
         for pod in pods:
@@ -249,6 +251,19 @@ class Edged:
             await self._forget_tokens(wanted)
         if wait and started:
             await asyncio.gather(*started)
+
+    def _and_exited(
+        self, only: set[str] | None, sandboxes: list[SandboxInfo], containers: list[ContainerInfo]
+    ) -> set[str] | None:
+        """``only`` and the pods with a container that exited since the last round, as the kubelet's PLEG finds
+        them: no pod event announces an exit, and a round of changed pods must not leave it to the interval's
+        round. None (every pod) stays None."""
+        exited = {c.id for c in containers if c.state is ContainerState.EXITED}
+        new, self._exited = exited - self._exited, exited
+        if only is None or not new:
+            return only
+        sandbox_pod = {s.id: s.labels.get(POD_UID, "") for s in sandboxes}
+        return only | ({sandbox_pod.get(c.sandbox_id, "") for c in containers if c.id in new} - {""})
 
     def _dispatch(self, uid: str, what: str, work: Callable[[], Awaitable[None]]) -> list[asyncio.Task[None]]:
         """Start ``work`` as the pod's worker, unless one is busy with it: then it is looked at once more after."""

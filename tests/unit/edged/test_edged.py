@@ -315,12 +315,14 @@ async def test_a_deleted_pod_stops_its_app_first_then_its_sidecars_last_declared
     assert stopped[:3] == ["main", "logger", "proxy"]
 
 
-def edged_telling_synced_pods(store: MetaStore, tmp_path: Path, *, sync_interval: float) -> tuple[Edged, list[str]]:
+def edged_telling_synced_pods(
+    store: MetaStore, tmp_path: Path, *, sync_interval: float, runtime: HollowRuntime | None = None
+) -> tuple[Edged, list[str]]:
     """An Edged on a hollow runtime, and the names of the pods it syncs, in order."""
     e = Edged(
         node_name=NODE,
         store=store,
-        runtime=HollowRuntime(),
+        runtime=runtime or HollowRuntime(),
         root=tmp_path / "edged",
         publish=Published(),
         host_ip="192.0.2.7",
@@ -359,6 +361,32 @@ async def test_a_pod_change_syncs_that_pod_alone_and_any_other_change_every_pod(
         synced.clear()
         e.wake()  # a probe's verdict, a reconnect: every pod
         await eventually(lambda: sorted(synced) == ["a", "b"])
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_container_that_exited_has_its_pod_synced_in_the_next_round_of_changed_pods(
+    store: MetaStore, tmp_path: Path
+) -> None:
+    # No pod event announces an exit: as the kubelet's PLEG, each round looks at what changed in the runtime.
+    runtime = HollowRuntime()
+    for name in ("a", "b"):
+        await put(store, "pod", pod(name, restartPolicy="OnFailure"))
+    e, synced = edged_telling_synced_pods(store, tmp_path, sync_interval=3600, runtime=runtime)
+    task = asyncio.create_task(e.run())
+    try:
+        await eventually(lambda: len(runtime.containers) == 2)
+        b = next(c for c in runtime.containers.values() if c.labels["io.kubernetes.pod.name"] == "b")
+        synced.clear()
+        runtime.exit(b.id, 3)
+        e.wake([Change(Operation.UPDATE, ObjectUid("uid-a"), "default/pod/a", "2", {})])
+        await eventually(lambda: sorted(synced) == ["a", "b"])
+        await eventually(lambda: len(runtime.containers) == 3)  # b's container started again
+        synced.clear()
+        e.wake([Change(Operation.UPDATE, ObjectUid("uid-a"), "default/pod/a", "3", {})])
+        await eventually(lambda: synced == ["a"])  # the exit is seen once
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
