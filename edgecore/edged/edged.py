@@ -18,10 +18,10 @@ import datetime as dt
 import functools
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from common import upstream
 from common.logging import get_logger
@@ -52,9 +52,6 @@ from edgecore.edged.runtime import (
     SandboxState,
 )
 from edgecore.edged.status import Init, Terminal, Waiting, container_status, pod_status
-
-if TYPE_CHECKING:
-    from edgecore.metamanager.store import Change
 
 log = get_logger(__name__)
 
@@ -144,11 +141,6 @@ class Edged:
         self._unsafe_sysctls = allowed_unsafe_sysctls
         self._prober = probes.Prober(runtime, self.wake)
         self._wake = asyncio.Event()
-        # What the next wake-up syncs: the pods that changed, or every pod (``_sync_all``) when something else
-        # did (a configmap, a probe's verdict, a reconnect). The interval's round always syncs every pod.
-        self._changed_pods: set[str] = set()
-        self._sync_all = False
-        self._exited: set[str] = set()  # containers seen exited in the last round
         self._backoffs: dict[tuple[str, str], _Backoff] = {}
         self._reported: dict[str, dict[str, Any]] = {}  # pod uid → last status published
         self._deleting_reported: set[str] = set()
@@ -157,19 +149,8 @@ class Edged:
         self._again: set[str] = set()  # pods that changed while their worker was busy
         self.stats = EdgedStats()
 
-    def wake(self, changes: Iterable[Change] | None = None, /) -> None:
-        """Something changed: sync now rather than at the next interval. Pods that changed are synced on their
-        own, as the kubelet's pod workers are; anything else (a configmap, a probe's verdict) syncs every pod.
-        Syncing all of them on every pod event made a burst of creations quadratic: 50 pods at 10/s started
-        ever later, each container start waiting behind the volumes of every pod already running."""
-        if changes is None:
-            self._sync_all = True
-        else:
-            for change in changes:
-                if change.resource.split("/", 2)[1:2] == ["pod"]:
-                    self._changed_pods.add(change.uid)
-                else:
-                    self._sync_all = True
+    def wake(self, *_: object) -> None:
+        """Something changed (a pod, a configmap): sync now rather than at the next interval."""
         self._wake.set()
 
     def resend_statuses(self, connected: bool = True) -> None:
@@ -177,30 +158,19 @@ class Edged:
         (the node-lifecycle controller marks the pods of a NotReady node not ready)."""
         if connected:
             self._reported.clear()
-            self.wake()  # every pod
+            self.wake()
 
     async def run(self) -> None:
         try:
-            loop = asyncio.get_running_loop()
-            only: set[str] | None = None  # the first round syncs every pod
-            full_at = 0.0
             while True:
-                if only is None:
-                    full_at = loop.time() + self._interval
                 try:
-                    await self.sync_once(wait=False, only=only)
+                    await self.sync_once(wait=False)
                 except ContainerRuntimeError as exc:
                     log.warning("runtime_unavailable", error=str(exc))
-                    self._sync_all = True
-                # The interval's round comes on time however often pods change: it is the one that finds a
-                # container that exited, which no pod event announces.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(full_at):
+                    async with asyncio.timeout(self._interval):
                         await self._wake.wait()
                 self._wake.clear()
-                due = loop.time() >= full_at
-                only = None if due or self._sync_all else self._changed_pods
-                self._changed_pods, self._sync_all = set(), False
         finally:
             workers = list(self._workers.values())
             for worker in workers:
@@ -208,9 +178,8 @@ class Edged:
             await asyncio.gather(*workers, return_exceptions=True)
             await self._prober.close()
 
-    async def sync_once(self, *, wait: bool = True, only: set[str] | None = None) -> None:
-        """One round: every pod (or those whose UIDs are in ``only``) handed to its worker; with ``wait``, until
-        the workers started now are done."""
+    async def sync_once(self, *, wait: bool = True) -> None:
+        """One round: every pod handed to its worker; with ``wait``, until the workers started now are done."""
         self.stats.syncs += 1
         pods = [
             p for p in await self._store.list_kind("pod") if (p.get("spec") or {}).get("nodeName") == self.node_name
@@ -230,18 +199,15 @@ class Edged:
         for container in containers:
             in_sandbox.setdefault(container.sandbox_id, []).append(container)
         self._prober.forget({c.id for c in containers if c.state is ContainerState.RUNNING})
-        only = self._and_exited(only, sandboxes, containers)
         started: list[asyncio.Task[None]] = []
         wanted = set()
         for pod in pods:
             uid = pod["metadata"]["uid"]
             wanted.add(uid)
-            if only is not None and uid not in only:
-                continue
             work = functools.partial(self._sync_pod, pod, by_uid.get(uid, []), in_sandbox)
             started += self._dispatch(uid, _name(pod), work)
         for uid, leftover in by_uid.items():
-            if uid not in wanted and (only is None or uid in only):
+            if uid not in wanted:
                 started += self._dispatch(uid, uid, functools.partial(self._remove_pod, uid, leftover, in_sandbox, 2))
         for uid in list(self._reported):
             if uid not in wanted:
@@ -251,19 +217,6 @@ class Edged:
             await self._forget_tokens(wanted)
         if wait and started:
             await asyncio.gather(*started)
-
-    def _and_exited(
-        self, only: set[str] | None, sandboxes: list[SandboxInfo], containers: list[ContainerInfo]
-    ) -> set[str] | None:
-        """``only`` and the pods with a container that exited since the last round, as the kubelet's PLEG finds
-        them: no pod event announces an exit, and a round of changed pods must not leave it to the interval's
-        round. None (every pod) stays None."""
-        exited = {c.id for c in containers if c.state is ContainerState.EXITED}
-        new, self._exited = exited - self._exited, exited
-        if only is None or not new:
-            return only
-        sandbox_pod = {s.id: s.labels.get(POD_UID, "") for s in sandboxes}
-        return only | ({sandbox_pod.get(c.sandbox_id, "") for c in containers if c.id in new} - {""})
 
     def _dispatch(self, uid: str, what: str, work: Callable[[], Awaitable[None]]) -> list[asyncio.Task[None]]:
         """Start ``work`` as the pod's worker, unless one is busy with it: then it is looked at once more after."""
@@ -289,8 +242,7 @@ class Edged:
                 del self._workers[uid]
             if uid in self._again:
                 self._again.discard(uid)
-                self._changed_pods.add(uid)
-                self._wake.set()
+                self.wake()
 
     # --- one pod ----------------------------------------------------------------------------------------
 

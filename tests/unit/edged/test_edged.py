@@ -3,20 +3,17 @@ tests/integration/test_edge_pods.py runs real containers through containerd)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 from pathlib import Path
 from typing import Any
 
-from common.messages import ObjectUid, Operation
+from common.messages import Operation
 from common.upstream import Upstream
 from edgecore.edged.edged import Edged
 from edgecore.edged.hollow import HollowRuntime
 from edgecore.edged.runtime import ContainerState
-from edgecore.metamanager.store import Change, MetaStore
+from edgecore.metamanager.store import MetaStore
 from tests.store import put
-from tests.tunnel import eventually
 
 NODE = "edge-1"
 
@@ -313,102 +310,3 @@ async def test_a_deleted_pod_stops_its_app_first_then_its_sidecars_last_declared
     await put(store, "pod", terminating, Operation.UPDATE)
     await e.sync_once()
     assert stopped[:3] == ["main", "logger", "proxy"]
-
-
-def edged_telling_synced_pods(
-    store: MetaStore, tmp_path: Path, *, sync_interval: float, runtime: HollowRuntime | None = None
-) -> tuple[Edged, list[str]]:
-    """An Edged on a hollow runtime, and the names of the pods it syncs, in order."""
-    e = Edged(
-        node_name=NODE,
-        store=store,
-        runtime=runtime or HollowRuntime(),
-        root=tmp_path / "edged",
-        publish=Published(),
-        host_ip="192.0.2.7",
-        sync_interval=sync_interval,
-        cgroup_root=tmp_path / "cgroup",
-    )
-    synced: list[str] = []
-    sync_pod = e._sync_pod
-
-    async def spy(p: dict[str, Any], *args: Any) -> None:
-        synced.append(p["metadata"]["name"])
-        await sync_pod(p, *args)
-
-    e._sync_pod = spy  # type: ignore[method-assign,assignment]
-    return e, synced
-
-
-async def test_a_pod_change_syncs_that_pod_alone_and_any_other_change_every_pod(
-    store: MetaStore, tmp_path: Path
-) -> None:
-    # Syncing every pod on every pod event made a burst of creations quadratic (benchmarks/pod_start.py).
-    for name in ("a", "b"):
-        await put(store, "pod", pod(name))
-    e, synced = edged_telling_synced_pods(store, tmp_path, sync_interval=3600)  # no interval round: only wake-ups
-    task = asyncio.create_task(e.run())
-    try:
-        await eventually(lambda: sorted(synced) == ["a", "b"])  # the first round: every pod
-        synced.clear()
-        e.wake([Change(Operation.UPDATE, ObjectUid("uid-a"), "default/pod/a", "2", {})])
-        await eventually(lambda: synced == ["a"])
-        await asyncio.sleep(0.2)
-        assert synced == ["a"]
-        synced.clear()
-        e.wake([Change(Operation.UPDATE, ObjectUid("uid-c"), "default/configmap/c", "2", {})])
-        await eventually(lambda: sorted(synced) == ["a", "b"])
-        synced.clear()
-        e.wake()  # a probe's verdict, a reconnect: every pod
-        await eventually(lambda: sorted(synced) == ["a", "b"])
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def test_a_container_that_exited_has_its_pod_synced_in_the_next_round_of_changed_pods(
-    store: MetaStore, tmp_path: Path
-) -> None:
-    # No pod event announces an exit: as the kubelet's PLEG, each round looks at what changed in the runtime.
-    runtime = HollowRuntime()
-    for name in ("a", "b"):
-        await put(store, "pod", pod(name, restartPolicy="OnFailure"))
-    e, synced = edged_telling_synced_pods(store, tmp_path, sync_interval=3600, runtime=runtime)
-    task = asyncio.create_task(e.run())
-    try:
-        await eventually(lambda: len(runtime.containers) == 2)
-        b = next(c for c in runtime.containers.values() if c.labels["io.kubernetes.pod.name"] == "b")
-        synced.clear()
-        runtime.exit(b.id, 3)
-        e.wake([Change(Operation.UPDATE, ObjectUid("uid-a"), "default/pod/a", "2", {})])
-        await eventually(lambda: sorted(synced) == ["a", "b"])
-        await eventually(lambda: len(runtime.containers) == 3)  # b's container started again
-        synced.clear()
-        e.wake([Change(Operation.UPDATE, ObjectUid("uid-a"), "default/pod/a", "3", {})])
-        await eventually(lambda: synced == ["a"])  # the exit is seen once
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def test_the_interval_round_syncs_every_pod_however_often_one_pod_changes(
-    store: MetaStore, tmp_path: Path
-) -> None:
-    # The interval's round is what finds a container that exited; a chatty pod must not postpone it forever.
-    for name in ("chatty", "quiet"):
-        await put(store, "pod", pod(name))
-    e, synced = edged_telling_synced_pods(store, tmp_path, sync_interval=0.5)
-    task = asyncio.create_task(e.run())
-    try:
-        await eventually(lambda: "quiet" in synced)
-        synced.clear()
-        for _ in range(40):  # 2 s of a change every 50 ms
-            e.wake([Change(Operation.UPDATE, ObjectUid("uid-chatty"), "default/pod/chatty", "2", {})])
-            await asyncio.sleep(0.05)
-        assert synced.count("quiet") >= 2, synced
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
