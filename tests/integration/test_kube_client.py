@@ -57,3 +57,31 @@ async def test_requests_beyond_the_burst_wait_for_the_rate(control_plane: Contro
     finally:
         await limited.close()
     assert took >= (6 - 2) / 4 - 0.05, took  # two at once, then one every 0.25 s
+
+
+async def test_a_watch_left_early_closes_its_socket_at_once(kube: Kube) -> None:
+    """Its connection cannot be reused, and a graceful TLS close would hold the socket until the API server
+    answers close_notify (2.7 s measured): it is aborted instead."""
+    loop = asyncio.get_running_loop()
+    transports: dict[int, asyncio.Transport] = getattr(loop, "_transports", {})  # the selector loop's registry
+
+    def open_sockets() -> int:
+        return sum(1 for t in list(transports.values()) if (s := t.get_extra_info("socket")) and s.fileno() >= 0)
+
+    _, version = await kube.list_all("/api/v1/namespaces/default/configmaps")
+    await kube.close()  # no pooled connection left to count
+    assert open_sockets() == 0
+
+    async def watch() -> None:
+        async for _ in kube.watch("/api/v1/namespaces/default/configmaps", version, timeout_seconds=60):
+            pass
+
+    watching = asyncio.create_task(watch())
+    await asyncio.sleep(0.5)
+    assert open_sockets() == 1
+    watching.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await watching
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert open_sockets() == 0
