@@ -74,7 +74,9 @@ class GlobalManager:
         self.reports: dict[Key, dict[str, Any]] = {}  # job → the aggregator's latest report
         self._latest: dict[Key, fl.Delivery] = {}  # job → the newest model carried (to hand to joining workers)
         # (job, worker) → the sha256 of the update last delivered to the aggregator: a worker that sends the same
-        # update again is waiting for a model, not asking for its 10 MB to be carried twice.
+        # update again is waiting for a model, not asking for its 10 MB to be carried twice. Forgotten for the
+        # whole job whenever the aggregator offers a model (again): a restarted aggregator, or one retrying a
+        # round, may have lost what its inbox held, and wants those updates once more.
         self._delivered: dict[tuple[Key, str], str] = {}
         self._dirty: set[Key] = set()
         self._wake = asyncio.Event()
@@ -100,11 +102,14 @@ class GlobalManager:
             self.reports.pop(key, None)
             self._latest.pop(key, None)
             self._members.pop(key, None)
-            for delivered in [d for d in self._delivered if d[0] == key]:
-                del self._delivered[delivered]
+            self._forget_deliveries(key)
         else:
             self.jobs[key] = job
         self._touch(key)
+
+    def _forget_deliveries(self, key: Key) -> None:
+        for delivered in [d for d in self._delivered if d[0] == key]:
+            del self._delivered[delivered]
 
     def on_dataset(self, kind: str, dataset: dict[str, Any], before: dict[str, Any] | None) -> None:
         key = _key(dataset)
@@ -524,6 +529,7 @@ class GlobalManager:
                 return  # superseded on the node already: its newer announcement follows
             if latest is None or request.round >= latest.round:
                 self._latest[key] = latest = self._model(key, request.round, *fetched)
+            self._forget_deliveries(key)
             targets = [n for n in self._nodes_of(key, TRAINER) if n != node]
             results = await asyncio.gather(*(self._deliver(n, latest) for n in targets), return_exceptions=True)
             for target, result in zip(targets, results, strict=True):

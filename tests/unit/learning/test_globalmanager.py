@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 from typing import Any
 
@@ -11,7 +13,7 @@ from cloudcore.edgecontroller.upstream import Refused
 from cloudcore.globalmanager import GlobalManager
 from cloudcore.globalmanager.pods import JobError, Settings, build_pods
 from cloudcore.globalmanager.status import job_status
-from common import upstream
+from common import fl, upstream
 
 NOW = "2026-12-02T00:00:00Z"
 
@@ -123,8 +125,8 @@ class _NoKube:
         raise AssertionError("no API call expected")
 
 
-def _manager() -> GlobalManager:
-    manager = GlobalManager(_NoKube(), None)  # type: ignore[arg-type]
+def _manager(request: Any = None, send: Any = None) -> GlobalManager:
+    manager = GlobalManager(_NoKube(), request, send)  # type: ignore[arg-type]
     manager.on_job("ADDED", _job(), None)
     for dataset in DATASETS.values():
         manager.on_dataset("ADDED", {**dataset, "metadata": {**dataset["metadata"], "namespace": "ns"}}, None)
@@ -167,3 +169,37 @@ async def test_pods_listed_before_their_job_are_not_forgotten() -> None:
     await manager._reconcile(("ns", "fl"))  # no job yet: nothing to do, nothing forgotten
     report = upstream.WorkerReport("ns", "fl", "fl-trainer-1", "train", "running", {})
     await manager.on_upstream("edge-1", report)  # type: ignore[arg-type]
+
+
+async def test_an_update_carried_once_is_carried_again_when_the_aggregator_offers_its_round_again() -> None:
+    """A restarted aggregator has lost what its inbox held: the model it offers again (from its checkpoint)
+    must let the workers' resent updates through once more, or the round never reaches its quorum."""
+    sent: list[tuple[str, fl.Delivery]] = []
+
+    async def send(node: str, message: Any) -> bool:
+        sent.append((node, fl.parse_delivery(message)))
+        return True
+
+    async def no_streams(*args: Any) -> Any:  # pragma: no cover - every blob here travels inline
+        raise AssertionError("no stream expected")
+
+    manager = _manager(no_streams, send)
+
+    async def transfer(node: str, kind: str, worker: str, round_: int, blob: bytes) -> None:
+        sha = hashlib.sha256(blob).hexdigest()
+        request = upstream.FlTransfer("ns", "fl", kind, worker, round_, "", len(blob), sha, blob)
+        await manager.on_upstream(node, request)  # type: ignore[arg-type]
+        await asyncio.gather(*manager._tasks)
+
+    def updates_to_aggregator() -> int:
+        return sum(1 for node, d in sent if node == "agg" and d.kind == "update")
+
+    await transfer("agg", "model", "aggregator", 3, b"model of version 3")
+    assert sorted(node for node, d in sent if d.kind == "model") == ["edge-0", "edge-1"]
+    await transfer("edge-0", "update", "fl-trainer-0", 3, b"update on version 3")
+    assert updates_to_aggregator() == 1
+    await transfer("edge-0", "update", "fl-trainer-0", 3, b"update on version 3")  # resent: waiting for a model
+    assert updates_to_aggregator() == 1
+    await transfer("agg", "model", "aggregator", 3, b"model of version 3")  # the aggregator restarted
+    await transfer("edge-0", "update", "fl-trainer-0", 3, b"update on version 3")
+    assert updates_to_aggregator() == 2
