@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -239,11 +240,24 @@ class MetaStore:
         return changes, rejected
 
     async def _write(self, deletes: list[tuple[str]], upserts: list[tuple[Any, ...]]) -> None:
-        async with self.transaction():
-            if deletes:
-                await self._db.executemany("DELETE FROM objects WHERE uid = ?", deletes)
-            if upserts:
-                await self._db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)", upserts)
+        def transaction(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if deletes:
+                    db.executemany("DELETE FROM objects WHERE uid = ?", deletes)
+                if upserts:
+                    db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)", upserts)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+        async with self._write_lock:
+            # The whole transaction in one trip to aiosqlite's thread rather than four (BEGIN, two statements,
+            # COMMIT): each trip is a thread wake-up and a future; benchmarks/edge_store.py went from 0.56 to
+            # 0.63 of plain executemany. aiosqlite has no public call for this; its own methods are _execute.
+            in_thread: Callable[..., Awaitable[None]] = self._db._execute
+            await in_thread(transaction, self._db._conn)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:

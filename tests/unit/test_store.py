@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from common.messages import Group, Operation, new_message
@@ -31,6 +32,21 @@ async def test_applies_survive_a_reopen_and_older_versions_never_win(tmp_path: P
     store = await MetaStore.open(tmp_path / "edge.db")
     assert await store.inventory() == {"u1": "5"}
     await store.close()
+
+
+async def test_a_batch_that_fails_half_way_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = await MetaStore.open(tmp_path / "edge.db")
+    try:
+        unbindable = message("u2", "7")
+        object.__setattr__(unbindable.header, "resourceversion", object())  # type: ignore[attr-defined]
+        with pytest.raises(sqlite3.Error):  # the second row cannot be bound: the first one must not stay
+            await store.apply([message("u1", "5"), unbindable])  # type: ignore[list-item]
+        assert await store.inventory() == {}
+        changes, _ = await store.apply([message("u1", "5")])  # type: ignore[list-item]  # no transaction left open
+        assert [c.uid for c in changes] == ["u1"]
+        assert await store.inventory() == {"u1": "5"}
+    finally:
+        await store.close()  # aiosqlite's thread is not a daemon: an open store would keep pytest from exiting
 
 
 async def test_a_corrupt_database_is_moved_aside_and_reported(tmp_path: Path) -> None:
