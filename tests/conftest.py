@@ -17,6 +17,9 @@ from scripts.harness.containerd import start as start_containerd
 from scripts.harness.mosquitto import Mosquitto, MosquittoError
 from scripts.harness.pki import Pki
 from scripts.harness.services import CloudCoreProcess
+from tests.sockets import open_sockets
+
+SOCKET_CLOSE_S = 5.0
 
 
 @pytest.fixture(autouse=True)
@@ -31,24 +34,15 @@ async def sockets_closed() -> AsyncIterator[None]:
     yield
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SOCKET_CLOSE_S
-    still_open = _open_sockets(loop)
+    still_open = open_sockets(loop)
     while still_open and loop.time() < deadline:  # polled: nothing signals that a socket has closed
         await asyncio.sleep(0.01)
-        still_open = _open_sockets(loop)
+        still_open = open_sockets(loop)
     for transport in still_open:
         transport.abort()  # so that it does not fail a later test as well
     await asyncio.sleep(0)
     if still_open:
         pytest.fail(f"the test left sockets open {SOCKET_CLOSE_S:.0f} s after it ended: {still_open}")
-
-
-SOCKET_CLOSE_S = 5.0
-
-
-def _open_sockets(loop: asyncio.AbstractEventLoop) -> list[asyncio.Transport]:
-    # _transports (fd -> transport) is the selector loop's own registry; nothing public lists a loop's sockets.
-    transports: dict[int, asyncio.Transport] = getattr(loop, "_transports", {})
-    return [t for t in list(transports.values()) if (s := t.get_extra_info("socket")) is not None and s.fileno() >= 0]
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 from cloudcore.kube import Conflict, Invalid, Kube, KubeUnavailable, NotFound, retryable
 from scripts.harness.cluster import ControlPlane
 from scripts.harness.procs import free_port
+from tests.sockets import open_sockets
 
 pytestmark = pytest.mark.kube
 
@@ -63,14 +64,9 @@ async def test_a_watch_left_early_closes_its_socket_at_once(kube: Kube) -> None:
     """Its connection cannot be reused, and a graceful TLS close would hold the socket until the API server
     answers close_notify (2.7 s measured): it is aborted instead."""
     loop = asyncio.get_running_loop()
-    transports: dict[int, asyncio.Transport] = getattr(loop, "_transports", {})  # the selector loop's registry
-
-    def open_sockets() -> int:
-        return sum(1 for t in list(transports.values()) if (s := t.get_extra_info("socket")) and s.fileno() >= 0)
-
     _, version = await kube.list_all("/api/v1/namespaces/default/configmaps")
     await kube.close()  # no pooled connection left to count
-    assert open_sockets() == 0
+    assert len(open_sockets(loop)) == 0
 
     async def watch() -> None:
         async for _ in kube.watch("/api/v1/namespaces/default/configmaps", version, timeout_seconds=60):
@@ -78,10 +74,10 @@ async def test_a_watch_left_early_closes_its_socket_at_once(kube: Kube) -> None:
 
     watching = asyncio.create_task(watch())
     await asyncio.sleep(0.5)
-    assert open_sockets() == 1
+    assert len(open_sockets(loop)) == 1
     watching.cancel()
     with pytest.raises(asyncio.CancelledError):
         await watching
     for _ in range(3):
         await asyncio.sleep(0)
-    assert open_sockets() == 0
+    assert len(open_sockets(loop)) == 0
