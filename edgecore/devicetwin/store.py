@@ -101,8 +101,7 @@ class TwinStore:
                 metadata = json_set(coalesce(metadata, '{}'), '$.reported_ts', ?5)
         """
         params = [(r.device, r.property, r.reported, r.reported_version, r.reported_ts) for r in rows]
-        async with self._store.transaction() as db:
-            await db.executemany(query, params)
+        await self._store.write_all([(query, params)])
 
     async def delete_devices(self, devices: Iterable[str]) -> None:
         await self._db.executemany("DELETE FROM device_twins WHERE device = ?", [(d,) for d in devices])

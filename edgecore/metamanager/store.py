@@ -13,7 +13,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -111,9 +111,6 @@ class MetaStore:
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self._db = db
         self.path = path
-        # Held by every multi-statement write: a transaction stays open across awaits, and another writer's
-        # BEGIN in between would fail (and its statements would join the wrong transaction).
-        self._write_lock = asyncio.Lock()
         # Every object's resourceVersion, as committed: apply() writes the objects table and nothing else does,
         # so the version check needs no SELECT (a hop to SQLite's thread and back per batch). Read on first use.
         self._committed: dict[ObjectUid, str] | None = None
@@ -176,8 +173,8 @@ class MetaStore:
 
     @property
     def db(self) -> aiosqlite.Connection:
-        """The connection, for modules keeping their own tables here (devicetwin): single statements only,
-        since a transaction of this store's may be open on it between awaits."""
+        """The connection, for modules keeping their own tables here (devicetwin): single statements; a write
+        of several goes through ``write_all``, to be all or none."""
         return self._db
 
     async def close(self) -> None:
@@ -230,47 +227,49 @@ class MetaStore:
             upserts.append((uid, route.resource, kind, namespace, name, rv, orjson.dumps(message.content)))
             changes.append(Change(route.operation, uid, route.resource, rv, message.content))
         if upserts or deletes:
-            # Shielded: a transaction half-way through SQLite's thread runs to its end even if the caller is
-            # cancelled; cancelling the wait would otherwise queue a ROLLBACK behind the COMMIT.
-            await asyncio.shield(self._write(deletes, upserts))
-            for (gone,) in deletes:  # committed: in the order _write applied them
-                committed.pop(ObjectUid(gone), None)
-            for row in upserts:
-                committed[row[0]] = row[5]
+            # Shielded: the transaction commits in SQLite's thread even if the caller is cancelled meanwhile,
+            # and the committed versions must follow it.
+            await asyncio.shield(self._write(committed, deletes, upserts))
         return changes, rejected
 
-    async def _write(self, deletes: list[tuple[str]], upserts: list[tuple[Any, ...]]) -> None:
+    async def _write(
+        self, committed: dict[ObjectUid, str], deletes: list[tuple[str]], upserts: list[tuple[Any, ...]]
+    ) -> None:
+        await self.write_all(
+            [
+                ("DELETE FROM objects WHERE uid = ?", deletes),
+                ("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)", upserts),
+            ]
+        )
+        for (gone,) in deletes:  # in the order the transaction applied them
+            committed.pop(ObjectUid(gone), None)
+        for row in upserts:
+            committed[row[0]] = row[5]
+
+    async def write_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Run each ``(sql, rows)`` as an executemany, all in one write transaction: committed at the end,
+        rolled back on any error, so that all of it is stored or none.
+
+        The whole transaction makes one trip to aiosqlite's thread, not one for BEGIN, one per statement and
+        one for COMMIT. Each trip is a thread wake-up and a future: ``benchmarks/edge_store.py`` went from
+        0.56 to 0.63 of plain executemany. Once started, it runs to its end even if the caller is cancelled.
+        """
+
         def transaction(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
-                if deletes:
-                    db.executemany("DELETE FROM objects WHERE uid = ?", deletes)
-                if upserts:
-                    db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)", upserts)
+                for sql, rows in statements:
+                    if rows:
+                        db.executemany(sql, rows)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
 
-        async with self._write_lock:
-            # The whole transaction in one trip to aiosqlite's thread rather than four (BEGIN, two statements,
-            # COMMIT): each trip is a thread wake-up and a future; benchmarks/edge_store.py went from 0.56 to
-            # 0.63 of plain executemany. aiosqlite has no public call for this; its own methods are _execute.
-            in_thread: Callable[..., Awaitable[None]] = self._db._execute
-            await in_thread(transaction, self._db._conn)
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction on the store's connection, committed at the end or rolled back on error.
-        Callers shield it from cancellation when a half-awaited COMMIT matters."""
-        async with self._write_lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+        # aiosqlite has no public call to run a function in its thread; its own methods are _execute. Its one
+        # thread takes calls in order, so no other statement can land inside this transaction.
+        in_thread: Callable[..., Awaitable[None]] = self._db._execute
+        await in_thread(transaction, self._db._conn)
 
     async def get(self, kind: str, namespace: str | None, name: str) -> Any:
         query = "SELECT content FROM objects WHERE kind = ? AND namespace IS ? AND name = ?"
@@ -292,19 +291,17 @@ class MetaStore:
         return (str(row[0]), float(row[1]), float(row[2])) if row else None
 
     async def token_put(self, key: str, pod_uid: str, token: str, issued_at: float, expires_at: float) -> None:
-        async with self._write_lock:
-            await self._db.execute(
-                "INSERT OR REPLACE INTO service_account_tokens VALUES (?, ?, ?, ?, ?)",
-                (key, pod_uid, token, issued_at, expires_at),
-            )
+        await self._db.execute(
+            "INSERT OR REPLACE INTO service_account_tokens VALUES (?, ?, ?, ?, ?)",
+            (key, pod_uid, token, issued_at, expires_at),
+        )
 
     async def tokens_forget(self, keep_pods: set[str]) -> int:
         """Delete the tokens of every pod not in ``keep_pods``; how many were deleted."""
         async with self._db.execute("SELECT DISTINCT pod_uid FROM service_account_tokens") as cursor:
             gone = [(uid,) async for (uid,) in cursor if uid not in keep_pods]
         if gone:
-            async with self._write_lock:
-                await self._db.executemany("DELETE FROM service_account_tokens WHERE pod_uid = ?", gone)
+            await self._db.executemany("DELETE FROM service_account_tokens WHERE pod_uid = ?", gone)
         return len(gone)
 
     # --- outbox ------------------------------------------------------------------------------------------
@@ -319,16 +316,10 @@ class MetaStore:
     async def outbox_put(self, items: Sequence[OutboxItem]) -> None:
         """Store upstream messages, all or none, in one transaction."""
         rows = [(i.key, i.version, i.group, i.operation, i.resource, orjson.dumps(i.content)) for i in items]
-        if len(rows) == 1:  # a single statement is atomic on its own
-            async with self._write_lock:
-                await self._db.execute("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?, ?)", rows[0])
-            return
-        async with self.transaction() as db:
-            await db.executemany("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?, ?)", rows)
+        await self.write_all([("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?, ?)", rows)])
 
     async def outbox_delete(self, items: Iterable[OutboxItem]) -> None:
         """Remove delivered items, unless a newer value of the same key was written meanwhile."""
-        async with self._write_lock:
-            await self._db.executemany(
-                "DELETE FROM outbox WHERE key = ? AND version = ?", [(i.key, i.version) for i in items]
-            )
+        await self._db.executemany(
+            "DELETE FROM outbox WHERE key = ? AND version = ?", [(i.key, i.version) for i in items]
+        )
