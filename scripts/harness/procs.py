@@ -22,11 +22,20 @@ BIN = Path(sys.executable).parent  # the venv's bin: cloudcore, edgecore, keadm,
 STOP_TIMEOUT_S = 15.0
 
 
+# Ports this process has handed out. The kernel may offer a port again as soon as the probe socket is
+# closed, and a CloudCore once got the same port for its monitor and its CloudHub (a CI failure).
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port nothing listens on now, and one this process has not handed out before."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def production_env() -> dict[str, str]:
