@@ -26,12 +26,16 @@ def message(uid: str, rv: str, operation: str = Operation.INSERT) -> object:
 
 async def test_applies_survive_a_reopen_and_older_versions_never_win(tmp_path: Path) -> None:
     store = await MetaStore.open(tmp_path / "edge.db")
-    changes, _ = await store.apply([message("u1", "5"), message("u1", "3"), message("u1", "5")])  # type: ignore[list-item]
-    assert [c.resource_version for c in changes] == ["5"]
-    await store.close()
+    try:
+        changes, _ = await store.apply([message("u1", "5"), message("u1", "3"), message("u1", "5")])  # type: ignore[list-item]
+        assert [c.resource_version for c in changes] == ["5"]
+    finally:
+        await store.close()
     store = await MetaStore.open(tmp_path / "edge.db")
-    assert await store.inventory() == {"u1": "5"}
-    await store.close()
+    try:
+        assert await store.inventory() == {"u1": "5"}
+    finally:
+        await store.close()
 
 
 async def test_a_batch_that_fails_half_way_leaves_nothing_behind(tmp_path: Path) -> None:
