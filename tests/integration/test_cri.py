@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -220,3 +220,37 @@ async def test_errors_name_the_operation_and_object(rt: CriRuntime, tmp_path: Pa
             await unreachable.version()
     finally:
         await unreachable.close()
+
+
+async def test_listings_ask_a_container_status_again_only_when_its_state_changed(
+    rt: CriRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Edged lists every container at every sync: one ContainerStatus per container per listing would cost
+    # 100 calls a second on a node starting pods. The calls are counted on their way to the real containerd.
+    calls: list[str] = []
+    real_call = rt._call
+
+    async def counted(method: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(method)
+        return await real_call(method, *args, **kwargs)
+
+    monkeypatch.setattr(rt, "_call", counted)
+    config = sandbox_config(tmp_path, "exits")
+    async with pod(rt, config) as sandbox_id:
+        container_id = await rt.create_container(
+            sandbox_id, container_config(config, "main", "sleep 1; exit 3"), config
+        )
+        await rt.start_container(container_id)
+
+        def mine(listed: list[ContainerInfo]) -> ContainerInfo:
+            return next(c for c in listed if c.id == container_id)
+
+        running = mine(await rt.list_containers())
+        calls.clear()
+        again = mine(await rt.list_containers())
+        assert again == running
+        assert calls == ["ListContainers"]
+        # It exits on its own: the next listing sees the state change and asks for the exit code.
+        exited = await eventually(rt.list_containers, lambda listed: mine(listed).state is ContainerState.EXITED)
+        assert (mine(exited).exit_code, mine(exited).reason) == (3, "Error")
+        assert mine(exited).finished_at_ns >= running.started_at_ns > 0

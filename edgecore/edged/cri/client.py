@@ -70,6 +70,12 @@ class CriRuntime:
         self._channel: Any = None
         self._runtime: Any = None
         self._images: Any = None
+        # What the listings would otherwise ask again on every sync, one call per pod: a container's
+        # ContainerStatus does not change while its state holds (a restart is a new container), nor does a
+        # ready sandbox's IP. Edged lists at every sync (on each change, and every syncFrequency): with 50
+        # pods on the node that was 100 calls per listing, while the runtime was busy starting the next pods.
+        self._statuses: dict[str, ContainerInfo] = {}  # container id → its last ContainerStatus
+        self._sandbox_ips: dict[str, str] = {}  # ready sandbox id → its IP (none kept for host network)
 
     # --- plumbing ------------------------------------------------------------------------------------------
 
@@ -209,6 +215,9 @@ class CriRuntime:
         ips = await asyncio.gather(
             *(self._sandbox_ip(s.id) if s.state == pb.SANDBOX_READY else _empty() for s in resp.items)
         )
+        ready = {s.id for s in resp.items if s.state == pb.SANDBOX_READY}
+        for gone in self._sandbox_ips.keys() - ready:
+            del self._sandbox_ips[gone]
         return [
             SandboxInfo(
                 id=s.id,
@@ -221,6 +230,8 @@ class CriRuntime:
         ]
 
     async def _sandbox_ip(self, sandbox_id: str) -> str:
+        if known := self._sandbox_ips.get(sandbox_id):
+            return known
         try:
             resp = await self._call(
                 "PodSandboxStatus",
@@ -230,7 +241,10 @@ class CriRuntime:
             )
         except _NotFoundError:  # removed since the list
             return ""
-        return resp.status.network.ip
+        ip: str = resp.status.network.ip
+        if ip:  # an empty one is asked again: a pod must not be left without its IP
+            self._sandbox_ips[sandbox_id] = ip
+        return ip
 
     # --- containers ----------------------------------------------------------------------------------------
 
@@ -283,13 +297,27 @@ class CriRuntime:
         what = f"in sandbox {sandbox_id}" if sandbox_id else ""
         resp = await self._call("ListContainers", request, pb.ListContainersResponse, what)
         statuses = await asyncio.gather(*(self._status_or_none(c) for c in resp.containers))
+        if not sandbox_id:
+            for gone in self._statuses.keys() - {c.id for c in resp.containers}:
+                del self._statuses[gone]
         return [s for s in statuses if s is not None]
 
     async def _status_or_none(self, container: pb.Container) -> ContainerInfo | None:
+        known = self._statuses.get(container.id)
+        state = _CONTAINER_STATES.get(container.state, ContainerState.UNKNOWN)
+        if (
+            known is not None
+            and known.state is state
+            and state is not ContainerState.UNKNOWN
+            and known.sandbox_id == container.pod_sandbox_id
+        ):
+            return known
         try:
-            return await self._status(container.id, container.pod_sandbox_id)
+            info = await self._status(container.id, container.pod_sandbox_id)
         except _NotFoundError:  # removed since the list
             return None
+        self._statuses[container.id] = info
+        return info
 
     async def container_status(self, container_id: str) -> ContainerInfo:
         # ContainerStatus does not say which sandbox the container is in; ListContainers (by id) does.
@@ -303,7 +331,8 @@ class CriRuntime:
             self._status(container_id, ""),
         )
         sandbox_id = next((c.pod_sandbox_id for c in listed.containers if c.id == info.id), "")
-        return replace(info, sandbox_id=sandbox_id)
+        info = self._statuses[container_id] = replace(info, sandbox_id=sandbox_id)
+        return info
 
     async def _status(self, container_id: str, sandbox_id: str) -> ContainerInfo:
         resp = await self._call(
