@@ -273,7 +273,13 @@ def _device_modules(bus_config: EventBusConfig, node: NodeName, twin_store: Meta
     wait for it. DeviceTwin has its own connection to the store's file: statements interleaved with the store's
     open write transaction on one connection made COMMIT fail ("SQL statements in progress")."""
     bus = EventBus(EventBusSettings.from_config(bus_config))
-    twin = DeviceTwin(node_name=node, store=twin_store, publish_upstream=hub.publish, publish_local=bus.publish)
+    twin = DeviceTwin(
+        node_name=node,
+        store=twin_store,
+        publish_upstream=hub.publish,
+        publish_local=bus.publish,
+        max_pending=bus_config.max_incoming,  # the bus hands each message over as it arrives: the twin holds them
+    )
     bus.set_handler(twin.submit)
     bus.add_connection_listener(twin.on_bus_connection)
     hub.add_change_listener(twin.on_changes)

@@ -189,7 +189,7 @@ class EventBus(ConfigModel):
     max_wait: float = Field(default=10.0, gt=0)
     """Seconds a publish may wait for the broker before it is dropped and counted."""
     max_incoming: int = Field(default=10_000, ge=1)
-    """Received messages held before DeviceTwin takes them."""
+    """Received messages held before DeviceTwin takes them; beyond this they are dropped and counted."""
 
 
 class EdgeStream(ConfigModel):

@@ -1,9 +1,10 @@
 """EventBus: EdgeCore's MQTT client, the link between DeviceTwin and the node's mappers.
 
 It connects to the external broker (KubeEdge's default mode, ``mqttMode: 2``), subscribes to the device
-request topics of ``common.devices.EDGE_SUBSCRIPTIONS`` and hands every message to one handler. It reconnects
-after a backoff delay for as long as EdgeCore runs, quietly: a broker that is absent or restarting costs a
-warning per attempt, never the process.
+request topics of ``common.devices.EDGE_SUBSCRIPTIONS`` and hands every message to one handler as it arrives
+(DeviceTwin queues it, bounded). It reconnects after a backoff delay for as long as EdgeCore runs, quietly: a
+broker that is absent or restarting costs a warning per attempt, never the process. The MQTT itself is
+``edgecore.eventbus.mqtt``.
 
 Publishing is best effort and bounded, for replies and telemetry to mappers only (what must reach the cloud
 goes through EdgeHub's durable outbox): ``publish`` queues and returns at once; the queue is sent with QoS 1 and
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import functools
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiomqtt
 import orjson
 
 from common.config import settings_from
@@ -31,16 +31,13 @@ from common.devices import EDGE_SUBSCRIPTIONS
 from common.logging import get_logger
 from common.protocol.backoff import backoff_delays
 from edgecore import config
+from edgecore.eventbus.mqtt import MqttClient, MqttError
+from edgecore.eventbus.packets import PacketError
 
 log = get_logger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]  # (topic, payload); must not block: queue the work
 ConnectionListener = Callable[[bool], None]
-
-# aiomqtt logs a warning per publish once more than ten are pending, and one per connection problem that we
-# log ourselves; only its errors are worth passing on.
-_quiet = logging.getLogger("edgecore.eventbus.aiomqtt")
-_quiet.setLevel(logging.ERROR)
 
 
 def parse_server(url: str) -> tuple[str, int]:
@@ -61,7 +58,6 @@ class EventBusSettings:
     window: int = 100  # QoS 1 publishes in flight
     max_queued: int = 10_000  # publishes waiting for the broker; the oldest is dropped beyond this
     max_wait: float = 10.0  # seconds a publish may wait for the broker before it is dropped
-    max_incoming: int = 10_000  # received messages aiomqtt may hold before the handler takes them
 
     @classmethod
     def from_config(cls, bus: config.EventBus) -> EventBusSettings:
@@ -126,9 +122,9 @@ class EventBus:
         delays = self._delays()
         while True:
             try:
-                if await self._connect_once():
-                    delays = self._delays()
-            except aiomqtt.MqttError as exc:
+                await self._connect_once()
+                delays = self._delays()
+            except MqttError as exc:
                 delay = next(delays)
                 log.warning("mqtt_unavailable", server=self.settings.server, error=str(exc), retry_in_s=round(delay, 2))
             else:
@@ -136,47 +132,43 @@ class EventBus:
             self._expire()
             await asyncio.sleep(delay)
 
-    async def _connect_once(self) -> bool:
+    async def _connect_once(self) -> None:
         s = self.settings
-        client = aiomqtt.Client(
+        client = await MqttClient.connect(
             self._host,
             self._port,
-            identifier=self._client_id,
-            logger=_quiet,
-            clean_session=True,
+            client_id=self._client_id,
             keepalive=s.keepalive,
+            handler=self._deliver,
             timeout=s.timeout,
-            max_inflight_messages=s.window,
-            max_queued_incoming_messages=s.max_incoming,
         )
-        async with client:
-            await client.subscribe([(topic, s.qos) for topic in EDGE_SUBSCRIPTIONS])
+        try:
+            await client.subscribe([(topic, s.qos) for topic in EDGE_SUBSCRIPTIONS], s.timeout)
             self.connections += 1
             log.info("mqtt_connected", server=s.server, client_id=self._client_id, queued=len(self._queue))
             self._set_connected(True)
             sender = asyncio.create_task(self._send_loop(client), name="eventbus.send")
             try:
-                async for message in client.messages:
-                    self._deliver(message)
-            except aiomqtt.MqttError as exc:
+                await client.wait_closed()
+            except MqttError as exc:
                 log.warning("mqtt_disconnected", server=s.server, error=str(exc))
             finally:
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender
                 self._set_connected(False)
-        return True
+        finally:
+            await client.close()
 
-    def _deliver(self, message: aiomqtt.Message) -> None:
+    def _deliver(self, topic: str, payload: bytes) -> None:
         self.received += 1
-        data = bytes(message.payload)  # received messages carry bytes
         if self._handler is None:
-            log.warning("mqtt_message_unhandled", topic=message.topic.value)
+            log.warning("mqtt_message_unhandled", topic=topic)
             return
         try:
-            self._handler(message.topic.value, data)
+            self._handler(topic, payload)
         except Exception:
-            log.exception("mqtt_handler_failed", topic=message.topic.value)
+            log.exception("mqtt_handler_failed", topic=topic)
 
     def _set_connected(self, connected: bool) -> None:
         if connected:
@@ -189,45 +181,39 @@ class EventBus:
             except Exception:
                 log.exception("mqtt_listener_failed")
 
-    async def _send_loop(self, client: aiomqtt.Client) -> None:
+    async def _send_loop(self, client: MqttClient) -> None:
+        """The queue, oldest first, with at most ``window`` publishes awaiting the broker's acknowledgement."""
         window = asyncio.Semaphore(self.settings.window)
-        broken = asyncio.Event()  # a publish failed: pause rather than spin
-        inflight: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                await window.acquire()
+        while True:
+            await window.acquire()
+            self._expire()
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
                 self._expire()
-                while not self._queue:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    self._expire()
-                if broken.is_set():  # usually the connection is going and this task is about to be cancelled
-                    await asyncio.sleep(1.0)
-                    broken.clear()
-                item = self._queue.popleft()
-                task = asyncio.create_task(self._send(client, item, window, broken), name="eventbus.publish")
-                inflight.add(task)
-                task.add_done_callback(inflight.discard)
-        finally:
-            for task in inflight:
-                task.cancel()
-            await asyncio.gather(*inflight, return_exceptions=True)
+            item = self._queue.popleft()
+            try:
+                done = client.publish(item.topic, item.payload, self.settings.qos)
+            except PacketError as exc:  # cannot be sent at all (a wildcard in the topic, say)
+                window.release()
+                self.dropped += 1
+                log.warning("mqtt_publish_refused", topic=item.topic[:200], error=str(exc))
+                continue
+            except MqttError:  # the connection is going: the item waits for the next one
+                self._queue.appendleft(item)
+                window.release()
+                return
+            done.add_done_callback(functools.partial(self._acknowledged, item, window))
+            await client.drain()
 
-    async def _send(
-        self, client: aiomqtt.Client, item: _Outgoing, window: asyncio.Semaphore, broken: asyncio.Event
-    ) -> None:
-        try:
-            await client.publish(item.topic, item.payload, qos=self.settings.qos)
-            self.published += 1
-        except aiomqtt.MqttError:
+    def _acknowledged(self, item: _Outgoing, window: asyncio.Semaphore, done: asyncio.Future[object]) -> None:
+        window.release()
+        if done.cancelled() or done.exception() is not None:
             # Not acknowledged: back to the front for the next connection (QoS 1 is at least once anyway).
             self._queue.appendleft(item)
-            broken.set()
-        except asyncio.CancelledError:
-            self._queue.appendleft(item)
-            raise
-        finally:
-            window.release()
+            self._wake.set()
+        else:
+            self.published += 1
 
     def _expire(self) -> None:
         now = asyncio.get_running_loop().time()

@@ -197,8 +197,8 @@ modules:
         window=5,
         max_queued=50,
         max_wait=1.5,
-        max_incoming=60,
     )
+    assert cfg.modules.event_bus.max_incoming == 60  # DeviceTwin's inbox (edgecore.app)
 
 
 REFUSED_EDGE = [
