@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from edgecore.eventbus import packets as p
 
@@ -89,8 +89,8 @@ class MqttClient(asyncio.Protocol):
         return client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A TCP transport (uvloop's is not an asyncio.Transport subclass, so no isinstance check)
+        self._transport = cast(asyncio.Transport, transport)
         self._write(p.connect(self.client_id, keepalive=self.keepalive, clean_session=self._clean_session))
         if self.keepalive:
             self._timer = self._loop.call_later(self.keepalive / 4, self._tick)

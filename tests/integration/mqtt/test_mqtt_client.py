@@ -1,4 +1,5 @@
-"""The event bus's MQTT client against a real mosquitto, with aiomqtt (paho) as the other client."""
+"""The event bus's MQTT client against a real mosquitto, with aiomqtt (paho) as the other client; on both
+asyncio's loop and uvloop (conftest.py)."""
 
 from __future__ import annotations
 
