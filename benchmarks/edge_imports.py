@@ -29,7 +29,7 @@ MODULES = [  # (what, import statement)
     ("orjson", "import orjson"),
     ("yaml (config files)", "import yaml"),
     ("prometheus_client (metrics)", "import prometheus_client"),
-    ("the event bus's MQTT client", "import edgecore.eventbus.mqtt"),
+    ("edgecore.eventbus (MQTT client, config, logging)", "import edgecore.eventbus"),
     ("edgecore.config", "import edgecore.config"),
     ("edgecore.app (everything EdgeCore loads)", "import edgecore.app"),
 ]
