@@ -30,6 +30,17 @@ def test_json_lines_off_a_tty_with_stable_event_and_bound_keys() -> None:
     assert len(lines) == 2  # debug is below the configured level
 
 
+def test_a_debug_level_keeps_debug_lines() -> None:
+    code = textwrap.dedent("""
+        from common.logging import configure_logging, get_logger
+        configure_logging("debug")
+        get_logger("kubage.test").debug("verbose_now", n=1)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    (line,) = [json.loads(line) for line in out.stderr.splitlines()]
+    assert (line["event"], line["level"], line["n"]) == ("verbose_now", "debug", 1)
+
+
 class FakeTTY(io.StringIO):
     def isatty(self) -> bool:
         return True
