@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from common import fl
@@ -474,6 +474,39 @@ def parse(message: Message) -> Request:
         raise UpstreamError(f"no upstream message is {route.operation!r} of {kind.value!r}")
     _check_depth(message.content)
     return build(resource.namespace or "default", resource.name, _object(message.content, "content"))
+
+
+def coalesce_twin_reports(messages: Sequence[Message]) -> list[tuple[Message, list[Message]]]:
+    """A batch of upstream messages with the twin reports about each device made one, in the place of the
+    first: its twins in the order they came (a property reported twice keeps its later value, since the
+    handler merges by propertyName). CloudCore then writes a Device's status once per batch, not once per
+    property. Returns each message to handle with the received messages it stands for; anything that is not
+    a well-formed twin report passes alone, to be handled (or refused) on its own.
+    """
+    out: list[tuple[Message, list[Message]]] = []
+    twins: dict[str, tuple[int, list[Any]]] = {}  # resource → (its place in out, its twins so far)
+    for message in messages:
+        route = message.route
+        if route.group == Group.TWIN and route.operation == Operation.UPDATE and _is_twin_report(message):
+            seen = twins.get(route.resource)
+            if seen is not None:
+                seen[1].extend(message.content["twins"])
+                out[seen[0]][1].append(message)
+                continue
+            twins[route.resource] = (len(out), list(message.content["twins"]))
+        out.append((message, [message]))
+    for at, merged in twins.values():
+        first, covered = out[at]
+        if len(covered) > 1:
+            out[at] = (replace(first, content={**first.content, "twins": merged}), covered)
+    return out
+
+
+def _is_twin_report(message: Message) -> bool:
+    try:
+        return isinstance(parse(message), TwinReported)
+    except UpstreamError:
+        return False
 
 
 def _registration(_: str, name: str, content: dict[str, Any]) -> NodeRegistration:

@@ -23,6 +23,7 @@ from cloudcore import config
 from cloudcore.cloudhub.pool import NodePool
 from cloudcore.cloudhub.registry import SessionRegistry
 from common import streams
+from common import upstream as contract
 from common.config import settings_from
 from common.hublink import HubLink
 from common.logging import Throttle, get_logger
@@ -361,15 +362,15 @@ class CloudHub:
 
     async def _on_events(self, node: NodeName, session: CloudSession, events: list[Event]) -> None:
         loop = asyncio.get_running_loop()
+        deliveries: list[Message] = []
         for event in events:
             if isinstance(event, Deliver):
-                delay = self._budget(node).reserve(loop.time())
-                if delay > 0:  # over its budget: this node waits, nobody else
-                    self.paced[node] += 1
-                    await asyncio.sleep(delay)
-                await self._call_upstream(node, event.message)
-                session.delivered(event.seq)
-            elif isinstance(event, Received):
+                deliveries.append(event.message)
+                continue
+            if deliveries:
+                await self._deliver(node, session, deliveries)
+                deliveries = []
+            if isinstance(event, Received):
                 if not self._budget(node).try_take(loop.time()):
                     self.dropped[node] += 1
                     if (suppressed := self._throttle.admit((node, "upstream_dropped"))) is not None:
@@ -380,6 +381,21 @@ class CloudHub:
                 self.sessions_started += 1
                 log.info("node_connected", node=node, resync=event.resync, batching=event.batching)
                 self._notify(node, connected=True)
+        if deliveries:
+            await self._deliver(node, session, deliveries)
+
+    async def _deliver(self, node: NodeName, session: CloudSession, messages: list[Message]) -> None:
+        """Reliable messages from the edge, in order, each acked once handled; one API request per call (twin
+        reports about one device are one call), and the node's budget paid per call."""
+        loop = asyncio.get_running_loop()
+        for message, covered in contract.coalesce_twin_reports(messages):
+            delay = self._budget(node).reserve(loop.time())
+            if delay > 0:  # over its budget: this node waits, nobody else
+                self.paced[node] += 1
+                await asyncio.sleep(delay)
+            await self._call_upstream(node, message)
+            for handled in covered:
+                session.delivered(Deliver(handled).seq)
 
     async def _call_upstream(self, node: NodeName, message: Message) -> None:
         try:

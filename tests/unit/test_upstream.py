@@ -170,3 +170,53 @@ REFUSED = [
 def test_malformed_upstream_messages_are_refused_with_a_reason(message: Message, reason: str) -> None:
     with pytest.raises(UpstreamError, match=reason):
         upstream.parse(message)
+
+
+def _twin(device: str, prop: str, value: str, seq: int) -> Message:
+    built = upstream.twin_reported(
+        "ns1", device, prop, value=value, value_type="int", timestamp_ms=1, observed_desired=""
+    )
+    return new_message(
+        source="edgehub",
+        group=built.group,
+        operation=built.operation,
+        resource=built.resource,
+        content=built.content,
+        now_ms=0,
+        seq=seq,
+    )
+
+
+def test_twin_reports_about_one_device_in_a_batch_become_one_message_in_the_place_of_the_first() -> None:
+    state = upstream.device_state("ns1", "a", "online", last_online_time="2026-12-04T00:00:00Z")
+    stray = new_message(
+        source="edgehub", group="twin", operation="update", resource="ns1/devicetwin/a", content={"twins": 3}, now_ms=0
+    )
+    batch = [
+        _twin("a", "p0", "1", 1),
+        _twin("b", "p0", "2", 2),
+        new_message(
+            source="edgehub",
+            group=state.group,
+            operation=state.operation,
+            resource=state.resource,
+            content=state.content,
+            now_ms=0,
+            seq=3,
+        ),
+        _twin("a", "p1", "3", 4),
+        stray,  # not a twin report: passes alone, to be refused on its own
+        _twin("a", "p0", "5", 5),
+    ]
+    out = upstream.coalesce_twin_reports(batch)
+    assert [[m.header.seq for m in covered] for _, covered in out] == [[1, 4, 5], [2], [3], [None]]
+    merged = upstream.parse(out[0][0])
+    assert isinstance(merged, upstream.TwinReported) and merged.device == "a"
+    # in the order they came: the handler merges by propertyName, so p0's later value wins
+    assert [(t["propertyName"], t["reported"]["value"]) for t in merged.twins] == [
+        ("p0", "1"),
+        ("p1", "3"),
+        ("p0", "5"),
+    ]
+    assert out[1][0] is batch[1] and out[2][0] is batch[2] and out[3][0] is stray
+    assert upstream.coalesce_twin_reports([batch[1]]) == [(batch[1], [batch[1]])]
