@@ -252,7 +252,7 @@ def _edged(
         kubernetes_service=edged_config.kubernetes_service,
         allowed_unsafe_sysctls=frozenset(edged_config.allowed_unsafe_sysctls),
     )
-    hub.add_change_listener(edged.wake)
+    hub.add_change_listener(edged.on_changes)
     hub.add_connection_listener(edged.resend_statuses)
     return edged
 

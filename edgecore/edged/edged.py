@@ -18,7 +18,7 @@ import datetime as dt
 import functools
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,7 +63,16 @@ class PodStore(Protocol):
     async def get(self, kind: str, namespace: str | None, name: str) -> Any: ...
 
 
+class _Changed(Protocol):
+    """An object the cloud changed at the edge (the MetaStore's Change)."""
+
+    @property
+    def resource(self) -> str: ...
+
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+VOLUME_REFRESH_S = 60.0  # a pod's volumes are written again at least this often, changed or not
+VOLUME_SOURCE_KINDS = frozenset({"configmap", "secret"})
 HOOK_TIMEOUT_S = 30.0  # a postStart hook's time limit (the kubelet has none; a hung hook must not hang the pod)
 
 
@@ -147,11 +156,22 @@ class Edged:
         self._adopted_seen: set[str] = set()
         self._workers: dict[str, asyncio.Task[None]] = {}  # pod uid → the worker syncing it now
         self._again: set[str] = set()  # pods that changed while their worker was busy
+        # Each sync looks at every pod, and writing a pod's volumes was the largest part of it (a quarter of
+        # EdgeCore's time while pods start): they are written again only when what they come from changed
+        # (the pod, its IPs, any configmap or secret) or VOLUME_REFRESH_S went by (projected tokens renew).
+        self._volume_sources = 0  # bumped on every configmap or secret change
+        self._volumes_done: dict[str, tuple[tuple[object, ...], float, dict[str, Path]]] = {}  # uid → key, when, paths
         self.stats = EdgedStats()
 
     def wake(self, *_: object) -> None:
         """Something changed (a pod, a configmap): sync now rather than at the next interval."""
         self._wake.set()
+
+    def on_changes(self, changes: Sequence[_Changed]) -> None:
+        """The cloud changed objects at the edge: volumes made from configmaps and secrets may be stale."""
+        if any(_kind(change.resource) in VOLUME_SOURCE_KINDS for change in changes):
+            self._volume_sources += 1
+        self.wake()
 
     def resend_statuses(self, connected: bool = True) -> None:
         """Connected again: report every pod's status afresh, since the cloud may have overwritten it meanwhile
@@ -209,14 +229,18 @@ class Edged:
         for uid, leftover in by_uid.items():
             if uid not in wanted:
                 started += self._dispatch(uid, uid, functools.partial(self._remove_pod, uid, leftover, in_sandbox, 2))
-        for uid in list(self._reported):
-            if uid not in wanted:
-                del self._reported[uid]
-        self._deleting_reported &= wanted
+        self._forget_gone(wanted)
         if self._forget_tokens is not None and self.stats.syncs % 30 == 1:
             await self._forget_tokens(wanted)
         if wait and started:
             await asyncio.gather(*started)
+
+    def _forget_gone(self, wanted: set[str]) -> None:
+        """What was kept about pods that are no longer on the node."""
+        for kept in (self._reported, self._volumes_done):
+            for uid in kept.keys() - wanted:
+                del kept[uid]
+        self._deleting_reported &= wanted
 
     def _dispatch(self, uid: str, what: str, work: Callable[[], Awaitable[None]]) -> list[asyncio.Task[None]]:
         """Start ``work`` as the pod's worker, unless one is busy with it: then it is looked at once more after."""
@@ -472,16 +496,25 @@ class Edged:
         return Waiting("ContainerCreating", reason)
 
     async def _volumes(self, pod: dict[str, Any], sandbox: SandboxInfo | None) -> dict[str, Path]:
-        pod_dir = self._root / "pods" / pod["metadata"]["uid"]
+        uid = pod["metadata"]["uid"]
         status = self._runtime_status(pod, sandbox)
+        key = (pod["metadata"].get("resourceVersion"), status["podIP"], status["hostIP"], self._volume_sources)
+        now = asyncio.get_running_loop().time()
+        done = self._volumes_done.get(uid)
+        if done is not None and done[0] == key and now - done[1] < VOLUME_REFRESH_S:
+            return done[2]
+        pod_dir = self._root / "pods" / uid
         paths = await podvolumes.prepare(pod, pod_dir, self._lookup, self._tokens, status=status)
         hosts = pod_dir / "etc-hosts"
         wanted = podnet.hosts_file(pod, status.get("podIP", ""), self._dns)
-        with contextlib.suppress(OSError):
-            if hosts.read_text() == wanted:
-                return paths
-        hosts.parent.mkdir(parents=True, exist_ok=True)
-        hosts.write_text(wanted)
+        try:
+            current: str | None = hosts.read_text()
+        except OSError:
+            current = None
+        if current != wanted:
+            hosts.parent.mkdir(parents=True, exist_ok=True)
+            hosts.write_text(wanted)
+        self._volumes_done[uid] = (key, now, paths)
         return paths
 
     def _runtime_status(self, pod: dict[str, Any], sandbox: SandboxInfo | None) -> dict[str, str]:
@@ -890,6 +923,12 @@ def _port_mappings(spec: dict[str, Any]) -> tuple[PortMapping, ...]:
 def _history(containers: list[ContainerInfo], spec: dict[str, Any]) -> list[ContainerInfo]:
     """The instances of one container of the pod, oldest first."""
     return sorted((c for c in containers if c.name == spec["name"]), key=lambda c: (c.attempt, c.created_at_ns))
+
+
+def _kind(resource: str) -> str:
+    """The type in a ``<namespace>/<type>/<name>`` resource."""
+    parts = resource.split("/", 2)
+    return parts[1] if len(parts) == 3 else ""
 
 
 def _kubelet_name(pod: dict[str, Any]) -> str:
