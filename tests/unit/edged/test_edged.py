@@ -165,6 +165,37 @@ async def test_env_and_volumes_come_from_the_store(store: MetaStore, tmp_path: P
     assert config.resources.cpu_quota == 50_000 and config.resources.memory_limit_bytes == 64 * 2**20
 
 
+async def test_volumes_are_written_again_when_what_they_come_from_changed(store: MetaStore, tmp_path: Path) -> None:
+    runtime, published = HollowRuntime(), Published()
+
+    def cfg(rv: int, mode: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": "cfg", "namespace": "default", "uid": "cm1", "resourceVersion": str(rv)},
+            "data": {"mode": mode},
+        }
+
+    await put(store, "configmap", cfg(1, "fast"))
+    volumes = [{"name": "cfg", "configMap": {"name": "cfg"}}]
+    await put(store, "pod", pod("web", volumes=volumes))
+    e = edged(store, runtime, published, tmp_path)
+    await e.sync_once()
+    written = tmp_path / "edged" / "pods" / "uid-web" / "volumes" / "cfg" / "mode"
+    assert written.read_text() == "fast"
+    # Nothing changed: a sync leaves the files alone (this is what made every sync cost every pod).
+    written.write_text("touched by hand")
+    await e.sync_once()
+    assert written.read_text() == "touched by hand"
+    # The configmap changed: EdgeHub's change listener tells Edged, and the next sync writes it.
+    e.on_changes(await put(store, "configmap", cfg(2, "slow"), Operation.UPDATE))
+    await e.sync_once()
+    assert written.read_text() == "slow"
+    # The pod changed (its labels, for the downward API): written again too.
+    written.write_text("touched by hand")
+    e.on_changes(await put(store, "pod", pod("web", rv=2, volumes=volumes), Operation.UPDATE))
+    await e.sync_once()
+    assert written.read_text() == "slow"
+
+
 async def test_missing_configmap_and_missing_image_say_why_the_pod_waits(store: MetaStore, tmp_path: Path) -> None:
     runtime, published = HollowRuntime(), Published()
     await put(
