@@ -73,7 +73,7 @@ def test_outbox_keys_are_unchanged_so_rows_written_before_an_upgrade_still_coale
     assert upstream.device_state("ns", "d", "online", last_online_time="t").key == "devicestate/ns/d"
 
 
-def as_message(built: upstream.Upstream) -> Message:
+def as_message(built: upstream.Upstream, seq: int | None = None) -> Message:
     return new_message(
         source="edgehub",
         group=built.group,
@@ -81,6 +81,7 @@ def as_message(built: upstream.Upstream) -> Message:
         resource=built.resource,
         content=built.content,
         now_ms=0,
+        seq=seq,
     )
 
 
@@ -176,15 +177,7 @@ def _twin(device: str, prop: str, value: str, seq: int) -> Message:
     built = upstream.twin_reported(
         "ns1", device, prop, value=value, value_type="int", timestamp_ms=1, observed_desired=""
     )
-    return new_message(
-        source="edgehub",
-        group=built.group,
-        operation=built.operation,
-        resource=built.resource,
-        content=built.content,
-        now_ms=0,
-        seq=seq,
-    )
+    return as_message(built, seq)
 
 
 def test_twin_reports_about_one_device_in_a_batch_become_one_message_in_the_place_of_the_first() -> None:
@@ -195,15 +188,7 @@ def test_twin_reports_about_one_device_in_a_batch_become_one_message_in_the_plac
     batch = [
         _twin("a", "p0", "1", 1),
         _twin("b", "p0", "2", 2),
-        new_message(
-            source="edgehub",
-            group=state.group,
-            operation=state.operation,
-            resource=state.resource,
-            content=state.content,
-            now_ms=0,
-            seq=3,
-        ),
+        as_message(state, 3),
         _twin("a", "p1", "3", 4),
         stray,  # not a twin report: passes alone, to be refused on its own
         _twin("a", "p0", "5", 5),
