@@ -15,7 +15,6 @@ from cloudcore.certs import (
     ensure_ca,
     peer_client_context,
     stream_server_context,
-    write_peer_cert,
     write_serving_cert,
 )
 from cloudcore.certservice import CertService
@@ -261,13 +260,11 @@ def stream_server(
                 "the CA's key (modules.cloudHub.tlsCAKeyFile) none can be issued"
             )
         names = [*hub_config.advertise_address, *hub_config.dns_names, socket.gethostname(), "localhost", "127.0.0.1"]
-        write_serving_cert(ca, list(dict.fromkeys(names)), cert_file, key_file)
+        write_serving_cert(ca, list(dict.fromkeys(names)), cert_file, key_file, only_if_missing=True)
     client_cas = [stream.tls_stream_ca_file] if stream.tls_stream_ca_file else [kube.ca_file]
     peer_context = None
     if ca is not None:
-        peer_cert, peer_key = cert_file.with_name("cloudcore-peer.crt"), key_file.with_name("cloudcore-peer.key")
-        write_peer_cert(ca, socket.gethostname(), peer_cert, peer_key)
-        peer_context = peer_client_context(peer_cert, peer_key, client_cas, ca_pem)
+        peer_context = peer_client_context(ca, socket.gethostname(), client_cas, ca_pem)
     broker = StreamBroker(hub.send, dial_timeout=stream.dial_timeout, max_per_node=stream.max_streams_per_node)
     hub.stream_acceptor = broker.accept
     return StreamServer(

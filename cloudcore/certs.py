@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
+import os
 import ssl
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography import x509
@@ -84,24 +88,50 @@ class CaSecretError(Exception):
     pass
 
 
-def write_serving_cert(ca: CertificateAuthority, names: list[str], cert_file: Path, key_file: Path) -> None:
-    """A serving certificate for ``names`` (every address and DNS name edges dial), replacing the files whole."""
-    key, cert = ca.issue_server(names, days=CA_DAYS)
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Replicas may share a certificate directory: one at a time writes a key and its certificate there, so a
+    pair is never half one replica's and half another's."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".kubage-certs.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def write_serving_cert(
+    ca: CertificateAuthority, names: list[str], cert_file: Path, key_file: Path, *, only_if_missing: bool = False
+) -> None:
+    """A serving certificate for ``names`` (every address and DNS name edges dial), replacing the files whole;
+    with ``only_if_missing``, only when no replica has written ``cert_file`` yet."""
     cert_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    written_cert, written_key = write_pair(key_file.parent, f".{key_file.name}.new", key, cert)
-    written_key.replace(key_file)
-    written_cert.replace(cert_file)
+    with _directory_lock(key_file.parent):
+        if only_if_missing and cert_file.exists():
+            return
+        key, cert = ca.issue_server(names, days=CA_DAYS)
+        # A name of this process's own: two replicas writing at once once renamed each other's files away.
+        written_cert, written_key = write_pair(key_file.parent, f".{key_file.name}.{os.getpid()}.new", key, cert)
+        written_key.replace(key_file)
+        written_cert.replace(cert_file)
 
 
-def write_peer_cert(ca: CertificateAuthority, name: str, cert_file: Path, key_file: Path) -> None:
-    """The client certificate a replica presents to the others' stream servers (CN kubage:cloudcore:<name>)."""
+def peer_client_context(
+    ca: CertificateAuthority, name: str, server_ca_files: list[str], kubage_ca_pem: bytes
+) -> ssl.SSLContext:
+    """How a replica connects to another's stream server: a client certificate of its own (CN
+    kubage:cloudcore:<name>), issued at start and held in memory only (replicas sharing a directory replaced
+    each other's), and the other's certificate verified."""
     key = new_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PEER_CN_PREFIX + name)])
     cert = ca.issue(subject, key.public_key(), days=CA_DAYS, client=True)
-    written_cert, written_key = write_pair(key_file.parent, f".{key_file.name}.new", key, cert)
-    written_key.replace(key_file)
-    written_cert.replace(cert_file)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="kubage-peer-") as private:  # ssl loads a key from a file only
+        cert_path, key_path = write_pair(Path(private), "peer", key, cert)
+        ctx.load_cert_chain(str(cert_path), str(key_path))
+    for ca_file in server_ca_files:
+        ctx.load_verify_locations(cafile=ca_file)
+    ctx.load_verify_locations(cadata=kubage_ca_pem.decode())
+    return ctx
 
 
 def stream_server_context(
@@ -116,17 +146,4 @@ def stream_server_context(
         ctx.load_verify_locations(cafile=ca_file)
     ctx.load_verify_locations(cadata=kubage_ca_pem.decode())
     ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
-
-
-def peer_client_context(
-    cert_file: Path, key_file: Path, server_ca_files: list[str], kubage_ca_pem: bytes
-) -> ssl.SSLContext:
-    """How a replica connects to another's stream server: its peer certificate, the other's verified."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cert_file), str(key_file))
-    for ca_file in server_ca_files:
-        ctx.load_verify_locations(cafile=ca_file)
-    ctx.load_verify_locations(cadata=kubage_ca_pem.decode())
     return ctx
