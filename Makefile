@@ -38,8 +38,9 @@ venv: $(UV)
 	@$(UV) sync --frozen --quiet
 	@$(MAKE) --no-print-directory proto
 
-# The CRI client's gRPC stubs, generated from edgecore/edged/cri/api.proto (not checked in). protoc writes
-# `import api_pb2` into the grpc module; inside the package that must be a relative import.
+# The CRI messages (api_pb2, which the CRI client sends over its own HTTP/2) and grpcio stubs (api_pb2_grpc, which
+# only the test harness uses, to call containerd directly), generated from edgecore/edged/cri/api.proto (not
+# checked in). protoc writes `import api_pb2` into the grpc module; inside the package that must be a relative import.
 CRI := edgecore/edged/cri
 proto:
 	@$(PY) -m grpc_tools.protoc -I $(CRI) --python_out=$(CRI) --grpc_python_out=$(CRI) --pyi_out=$(CRI) $(CRI)/api.proto

@@ -5,7 +5,7 @@ fresh interpreter, and the slowest imports by ``python -X importtime``. The firs
 Each line is its own fresh interpreter (the same one EdgeCore runs on, the environment EdgeCore runs with):
 the baseline imports nothing; every other line imports the standard library EdgeCore needs (asyncio, ssl,
 sqlite3), then its own module. Its cost is its VmRSS minus the standard-library line's. Libraries import
-each other, so costs overlap (yaml is inside the config, grpc inside the CRI client): the last line,
+each other, so costs overlap (yaml is inside the config, h2 inside the CRI client): the last line,
 ``edgecore.app`` whole, is the total. Prints a table and, last, one JSON line.
 """
 
@@ -22,7 +22,8 @@ from scripts.harness.procs import production_env
 
 STDLIB = "import asyncio, ssl, sqlite3, json"
 MODULES = [  # (what, import statement)
-    ("grpc + the CRI stubs", "import grpc; from edgecore.edged.cri import api_pb2, api_pb2_grpc"),
+    ("grpcio (the CRI client's, until it spoke HTTP/2 itself)", "import grpc.aio"),
+    ("the CRI client (h2, protobuf, the CRI stubs)", "import edgecore.edged.cri"),
     ("structlog (logging)", "import structlog"),
     ("rich (structlog's pretty tracebacks)", "import rich"),
     ("websockets (the tunnel)", "import websockets.asyncio.client"),

@@ -18,10 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import grpc
-import grpc.aio
-
 from common.logging import get_logger
+from edgecore.edged.grpc_unary import RpcError, UnaryChannel
 from edgecore.edged.runtime import ExecResult
 
 log = get_logger(__name__)
@@ -168,16 +166,27 @@ async def _get_once(url: str, headers: dict[str, str]) -> tuple[int, str, str]:
 
 
 def _grpc_request(service: str) -> bytes:
-    """grpc.health.v1.HealthCheckRequest{service}, encoded by hand (field 1, a string)."""
+    """grpc.health.v1.HealthCheckRequest{service}, encoded by hand: field 1, a length-delimited string."""
     data = service.encode()
-    return b"\x0a" + bytes([len(data)]) + data if data else b""
+    if not data:
+        return b""
+    length, size = bytearray(), len(data)
+    while size > 0x7F:  # the length as a varint, 7 bits a byte, low bits first
+        length.append(size & 0x7F | 0x80)
+        size >>= 7
+    length.append(size)
+    return b"\x0a" + bytes(length) + data
 
 
 async def _grpc_health(spec: dict[str, Any], target: Target, _: Execer, timeout_s: float) -> Verdict:
     port = _port(spec.get("port"), target)
-    async with grpc.aio.insecure_channel(f"{target.pod_ip}:{port}") as channel:
-        check = channel.unary_unary("/grpc.health.v1.Health/Check")
-        reply: bytes = await check(_grpc_request(str(spec.get("service") or "")), timeout=timeout_s)
+    request = _grpc_request(str(spec.get("service") or ""))
+    try:
+        # the pod's server is not trusted with more than grpc-go's default limit, as the kubelet's probe has it
+        async with UnaryChannel(f"{target.pod_ip}:{port}", max_message=4 * 1024 * 1024) as channel:
+            reply = await channel.call("/grpc.health.v1.Health/Check", request, deadline_s=timeout_s)
+    except RpcError as exc:
+        return Verdict(False, f"the health check failed: {exc}")
     # HealthCheckResponse{status = 1 (SERVING)}: field 1, varint
     if reply[:2] == b"\x08\x01":
         return Verdict(True)

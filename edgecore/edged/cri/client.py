@@ -1,7 +1,8 @@
 """``CriRuntime``: the ``ContainerRuntime`` Protocol over CRI ``runtime.v1`` gRPC, as the kubelet speaks it.
 
-One ``grpc.aio`` channel to the runtime's unix socket (``unix:///run/containerd/containerd.sock``), opened on
-first use so that it belongs to the running event loop. Every gRPC failure becomes a ``ContainerRuntimeError``
+One HTTP/2 connection to the runtime's unix socket (``unix:///run/containerd/containerd.sock``, through
+``edgecore.edged.grpc_unary``), opened on first use so that it belongs to the running event loop, and again
+after the runtime restarts. Every gRPC failure becomes a ``ContainerRuntimeError``
 (``ImageError`` for images) whose message names the CRI operation, the object and the gRPC status.
 
 What the machine needs (see the environment notes): containerd with ``restrict_oom_score_adj = true`` when
@@ -13,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from edgecore.edged.cri import api_pb2 as pb
-from edgecore.edged.cri import api_pb2_grpc as pb_grpc
+from edgecore.edged.grpc_unary import RpcError, UnaryChannel
 from edgecore.edged.runtime import (
     CONTAINER_NAME,
     POD_NAME,
@@ -67,9 +67,7 @@ class CriRuntime:
             endpoint = f"unix://{endpoint}"  # a bare socket path, as crictl accepts it
         self.endpoint = endpoint
         self.timeout = timeout
-        self._channel: Any = None
-        self._runtime: Any = None
-        self._images: Any = None
+        self._channel = UnaryChannel(endpoint, max_message=_MAX_MESSAGE)
         # What the listings would otherwise ask again on every sync, one call per pod: a container's
         # ContainerStatus does not change while its state holds (a restart is a new container), nor does a
         # ready sandbox's IP. Edged lists at every sync (on each change, and every syncFrequency): with 50
@@ -78,18 +76,6 @@ class CriRuntime:
         self._sandbox_ips: dict[str, str] = {}  # ready sandbox id → its IP (none kept for host network)
 
     # --- plumbing ------------------------------------------------------------------------------------------
-
-    def _connect(self) -> None:
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(
-                self.endpoint,
-                options=[
-                    ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                    ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ],
-            )
-            self._runtime = pb_grpc.RuntimeServiceStub(self._channel)  # type: ignore[no-untyped-call]
-            self._images = pb_grpc.ImageServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def _call(
         self,
@@ -102,26 +88,23 @@ class CriRuntime:
         error: type[ContainerRuntimeError] = ContainerRuntimeError,
     ) -> _R:
         """One unary CRI call, ``method`` on RuntimeService or (if an image method) ImageService."""
-        self._connect()
-        stub = self._images if method in ("ImageStatus", "PullImage") else self._runtime
+        service = "ImageService" if method in ("ImageStatus", "PullImage") else "RuntimeService"
         try:
-            response = await getattr(stub, method)(request, timeout=deadline_s or self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            name = code.name if code is not None else "UNKNOWN"
-            message = f"{method} {what}: {name}: {exc.details() or ''}".rstrip(": ")
-            if code == grpc.StatusCode.NOT_FOUND and error is ContainerRuntimeError:
+            data = await self._channel.call(
+                f"/runtime.v1.{service}/{method}", request.SerializeToString(), deadline_s=deadline_s or self.timeout
+            )
+        except RpcError as exc:
+            message = f"{method} {what}: {exc.code}: {exc.details}".rstrip(": ")
+            if exc.code == "NOT_FOUND" and error is ContainerRuntimeError:
                 raise _NotFoundError(message) from None
             raise error(message) from None
-        if not isinstance(response, response_type):  # pragma: no cover - the stubs guarantee it
-            raise ContainerRuntimeError(f"{method} {what}: unexpected response {type(response).__name__}")
-        return response
+        try:
+            return response_type.FromString(data)
+        except DecodeError as exc:
+            raise error(f"{method} {what}: the runtime's answer is not a {response_type.__name__}: {exc}") from None
 
     async def close(self) -> None:
-        if self._channel is not None:
-            channel, self._channel = self._channel, None
-            self._runtime = self._images = None
-            await channel.close()
+        await self._channel.close()
 
     # --- runtime and images --------------------------------------------------------------------------------
 
@@ -193,7 +176,10 @@ class CriRuntime:
         """Stops the sandbox and every container in it; a sandbox that is already gone counts as stopped."""
         try:
             await self._call(
-                "StopPodSandbox", pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id), Message, f"sandbox {sandbox_id}"
+                "StopPodSandbox",
+                pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id),
+                pb.StopPodSandboxResponse,
+                f"sandbox {sandbox_id}",
             )
         except _NotFoundError:
             return
@@ -203,7 +189,7 @@ class CriRuntime:
             await self._call(
                 "RemovePodSandbox",
                 pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id),
-                Message,
+                pb.RemovePodSandboxResponse,
                 f"sandbox {sandbox_id}",
             )
         except _NotFoundError:
@@ -264,7 +250,10 @@ class CriRuntime:
 
     async def start_container(self, container_id: str) -> None:
         await self._call(
-            "StartContainer", pb.StartContainerRequest(container_id=container_id), Message, f"container {container_id}"
+            "StartContainer",
+            pb.StartContainerRequest(container_id=container_id),
+            pb.StartContainerResponse,
+            f"container {container_id}",
         )
 
     async def stop_container(self, container_id: str, timeout_s: int) -> None:
@@ -273,7 +262,7 @@ class CriRuntime:
             await self._call(
                 "StopContainer",
                 pb.StopContainerRequest(container_id=container_id, timeout=max(0, timeout_s)),
-                Message,
+                pb.StopContainerResponse,
                 f"container {container_id}",
                 deadline_s=self.timeout + max(0, timeout_s),
             )
@@ -285,7 +274,7 @@ class CriRuntime:
             await self._call(
                 "RemoveContainer",
                 pb.RemoveContainerRequest(container_id=container_id),
-                Message,
+                pb.RemoveContainerResponse,
                 f"container {container_id}",
             )
         except _NotFoundError:
