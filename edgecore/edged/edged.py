@@ -161,6 +161,9 @@ class Edged:
         # (the pod, its IPs, any configmap or secret) or VOLUME_REFRESH_S went by (projected tokens renew).
         self._volume_sources = 0  # bumped on every configmap or secret change
         self._volumes_done: dict[str, tuple[tuple[object, ...], float, dict[str, Path]]] = {}  # uid → key, when, paths
+        # The configuration each pod's sandbox was made with, kept while the pod's resourceVersion holds: every
+        # sync of every pod needs it, and building it creates the log directory and reads the host's resolv.conf.
+        self._sandbox_configs: dict[str, tuple[str, SandboxConfig]] = {}  # uid → resourceVersion, config
         self.stats = EdgedStats()
 
     def wake(self, *_: object) -> None:
@@ -237,7 +240,7 @@ class Edged:
 
     def _forget_gone(self, wanted: set[str]) -> None:
         """What was kept about pods that are no longer on the node."""
-        for kept in (self._reported, self._volumes_done):
+        for kept in (self._reported, self._volumes_done, self._sandbox_configs):
             for uid in kept.keys() - wanted:
                 del kept[uid]
         self._deleting_reported &= wanted
@@ -287,7 +290,9 @@ class Edged:
             await self._report(pod, None, statuses, terminal=Terminal(exc.reason, str(exc)))
             return
         sandbox = await self._current_sandbox(pod, sandboxes, in_sandbox)
-        sandbox_config = self._sandbox_config(pod, attempt=len(sandboxes), security=sandbox_security)
+        sandbox_config = self._sandbox_config(
+            pod, attempt=len(sandboxes), security=sandbox_security, new=sandbox is None
+        )
         own: list[ContainerInfo] = []
         if sandbox is None:
             sandbox = await self._start_sandbox(pod, sandbox_config, specs)
@@ -783,13 +788,19 @@ class Edged:
         return self._root / "logs" / "pods" / f"{m.get('namespace', 'default')}_{m['name']}_{m['uid']}"
 
     def _sandbox_config(
-        self, pod: dict[str, Any], *, attempt: int, security: podsecurity.SandboxSecurity
+        self, pod: dict[str, Any], *, attempt: int, security: podsecurity.SandboxSecurity, new: bool
     ) -> SandboxConfig:
+        """The configuration of the pod's sandbox: built afresh for a ``new`` one (with ``attempt``), else the one
+        its sandbox was made with while the pod is unchanged."""
         m, spec = pod["metadata"], pod.get("spec") or {}
+        version = str(m.get("resourceVersion") or "")
+        kept = self._sandbox_configs.get(m["uid"])
+        if not new and version and kept is not None and kept[0] == version:
+            return kept[1]
         host_network = bool(spec.get("hostNetwork"))
         log_dir = self._log_dir(pod)
         log_dir.mkdir(parents=True, exist_ok=True)
-        return SandboxConfig(
+        config = SandboxConfig(
             name=m["name"],
             namespace=m.get("namespace", "default"),
             uid=m["uid"],
@@ -808,6 +819,8 @@ class Edged:
             dns=podnet.dns_config(pod, self._dns),
             security=security,
         )
+        self._sandbox_configs[m["uid"]] = (version, config)
+        return config
 
     async def _container_config(
         self,

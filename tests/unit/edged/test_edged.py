@@ -11,7 +11,8 @@ from common.messages import Operation
 from common.upstream import Upstream
 from edgecore.edged.edged import Edged
 from edgecore.edged.hollow import HollowRuntime
-from edgecore.edged.runtime import ContainerState
+from edgecore.edged.network import DnsSettings
+from edgecore.edged.runtime import ContainerConfig, ContainerState, SandboxConfig
 from edgecore.metamanager.store import MetaStore
 from tests.store import put
 
@@ -341,3 +342,54 @@ async def test_a_deleted_pod_stops_its_app_first_then_its_sidecars_last_declared
     await put(store, "pod", terminating, Operation.UPDATE)
     await e.sync_once()
     assert stopped[:3] == ["main", "logger", "proxy"]
+
+
+class RecordingRuntime(HollowRuntime):
+    """The hollow runtime, keeping the sandbox configuration each sandbox and container was made with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sandbox_configs: list[SandboxConfig] = []
+
+    async def run_sandbox(self, config: SandboxConfig) -> str:
+        self.sandbox_configs.append(config)
+        return await super().run_sandbox(config)
+
+    async def create_container(self, sandbox_id: str, config: ContainerConfig, sandbox: SandboxConfig) -> str:
+        self.sandbox_configs.append(sandbox)
+        return await super().create_container(sandbox_id, config, sandbox)
+
+
+async def test_a_sandbox_configuration_is_built_once_per_pod_version_and_sandbox(
+    store: MetaStore, tmp_path: Path
+) -> None:
+    """Every sync of every pod needs its sandbox configuration; building it reads the host's resolv.conf and
+    creates the log directory, so it is built again only for a new pod version or a new sandbox."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 192.0.2.53\n")
+    runtime, published = RecordingRuntime(), Published()
+    e = Edged(
+        node_name=NODE,
+        store=store,
+        runtime=runtime,
+        root=tmp_path / "edged",
+        publish=published,
+        host_ip="192.0.2.7",
+        restart_backoff=0.0,
+        cgroup_root=tmp_path / "cgroup",
+        dns=DnsSettings(resolv_conf=resolv),
+    )
+    await put(store, "pod", pod("web", dnsPolicy="Default"))
+    await e.sync_once()
+    assert [c.dns.servers for c in runtime.sandbox_configs] == [("192.0.2.53",), ("192.0.2.53",)]
+    resolv.write_text("nameserver 192.0.2.54\n")
+    # The container exits and is started again in the same sandbox: the configuration it was made with holds.
+    (container,) = runtime.containers
+    runtime.exit(container, 1)
+    await e.sync_once()
+    assert len(runtime.sandbox_configs) == 3 and runtime.sandbox_configs[2] is runtime.sandbox_configs[0]
+    # The sandbox is gone: the new one (attempt 1) sees the host's resolv.conf as it is now.
+    (sandbox,) = runtime.sandboxes
+    await runtime.stop_sandbox(sandbox)
+    await e.sync_once()
+    assert runtime.sandbox_configs[3].attempt == 1 and runtime.sandbox_configs[3].dns.servers == ("192.0.2.54",)
