@@ -12,7 +12,7 @@ from common.upstream import Upstream
 from edgecore.edged.edged import Edged
 from edgecore.edged.hollow import HollowRuntime
 from edgecore.edged.network import DnsSettings
-from edgecore.edged.runtime import ContainerConfig, ContainerState, SandboxConfig
+from edgecore.edged.runtime import ContainerConfig, ContainerState, DnsConfig, SandboxConfig
 from edgecore.metamanager.store import MetaStore
 from tests.store import put
 
@@ -38,7 +38,8 @@ def pod(name: str, rv: int = 1, **spec: Any) -> dict[str, Any]:
     }
 
 
-def edged(store: MetaStore, runtime: HollowRuntime, published: Published, tmp_path: Path) -> Edged:
+def edged(store: MetaStore, runtime: HollowRuntime, published: Published, tmp_path: Path, **options: Any) -> Edged:
+    settings: dict[str, Any] = {"restart_backoff": 60.0, **options}
     return Edged(
         node_name=NODE,
         store=store,
@@ -46,8 +47,8 @@ def edged(store: MetaStore, runtime: HollowRuntime, published: Published, tmp_pa
         root=tmp_path / "edged",
         publish=published,
         host_ip="192.0.2.7",
-        restart_backoff=60.0,
         cgroup_root=tmp_path / "cgroup",
+        **settings,
     )
 
 
@@ -368,20 +369,10 @@ async def test_a_sandbox_configuration_is_built_once_per_pod_version_and_sandbox
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 192.0.2.53\n")
     runtime, published = RecordingRuntime(), Published()
-    e = Edged(
-        node_name=NODE,
-        store=store,
-        runtime=runtime,
-        root=tmp_path / "edged",
-        publish=published,
-        host_ip="192.0.2.7",
-        restart_backoff=0.0,
-        cgroup_root=tmp_path / "cgroup",
-        dns=DnsSettings(resolv_conf=resolv),
-    )
+    e = edged(store, runtime, published, tmp_path, restart_backoff=0.0, dns=DnsSettings(resolv_conf=resolv))
     await put(store, "pod", pod("web", dnsPolicy="Default"))
     await e.sync_once()
-    assert [c.dns.servers for c in runtime.sandbox_configs] == [("192.0.2.53",), ("192.0.2.53",)]
+    assert [c.dns for c in runtime.sandbox_configs] == [DnsConfig(servers=("192.0.2.53",))] * 2
     resolv.write_text("nameserver 192.0.2.54\n")
     # The container exits and is started again in the same sandbox: the configuration it was made with holds.
     (container,) = runtime.containers
@@ -392,4 +383,6 @@ async def test_a_sandbox_configuration_is_built_once_per_pod_version_and_sandbox
     (sandbox,) = runtime.sandboxes
     await runtime.stop_sandbox(sandbox)
     await e.sync_once()
-    assert runtime.sandbox_configs[3].attempt == 1 and runtime.sandbox_configs[3].dns.servers == ("192.0.2.54",)
+    assert runtime.sandbox_configs[3].attempt == 1 and runtime.sandbox_configs[3].dns == DnsConfig(
+        servers=("192.0.2.54",)
+    )
