@@ -22,7 +22,6 @@ from scripts.harness.procs import production_env
 
 STDLIB = "import asyncio, ssl, sqlite3, json"
 MODULES = [  # (what, import statement)
-    ("grpcio (the CRI client's, until it spoke HTTP/2 itself)", "import grpc.aio"),
     ("the CRI client (h2, protobuf, the CRI stubs)", "import edgecore.edged.cri"),
     ("structlog (logging)", "import structlog"),
     ("rich (structlog's pretty tracebacks)", "import rich"),

@@ -58,7 +58,7 @@ _HTTP_STATUS = {
     504: "UNAVAILABLE",
 }
 
-DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024  # the kubelet's limit for CRI messages
+DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024  # the kubelet's limit for CRI messages (ListContainers can be large)
 _READ_SIZE = 256 * 1024
 
 
@@ -302,7 +302,7 @@ class UnaryChannel:
             self._path = None
             self._authority = target
         self._connection: _Connection | None = None
-        self._dialing: asyncio.Lock | None = None
+        self._dialing = asyncio.Lock()  # calls made while dialing share the one connection
 
     async def __aenter__(self) -> UnaryChannel:
         return self
@@ -320,9 +320,7 @@ class UnaryChannel:
             raise RpcError("DEADLINE_EXCEEDED", f"no answer within {deadline_s:g}s") from None
 
     async def _connected(self) -> _Connection:
-        if self._dialing is None:
-            self._dialing = asyncio.Lock()
-        async with self._dialing:  # calls made while dialing share the one connection
+        async with self._dialing:
             if self._connection is not None and self._connection.lost is None:
                 return self._connection
             if self._connection is not None:

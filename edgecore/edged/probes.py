@@ -18,6 +18,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from google.protobuf import wrappers_pb2
+from google.protobuf.message import DecodeError
+
 from common.logging import get_logger
 from edgecore.edged.grpc_unary import RpcError, UnaryChannel
 from edgecore.edged.runtime import ExecResult
@@ -165,32 +168,27 @@ async def _get_once(url: str, headers: dict[str, str]) -> tuple[int, str, str]:
             await writer.wait_closed()
 
 
-def _grpc_request(service: str) -> bytes:
-    """grpc.health.v1.HealthCheckRequest{service}, encoded by hand: field 1, a length-delimited string."""
-    data = service.encode()
-    if not data:
-        return b""
-    length, size = bytearray(), len(data)
-    while size > 0x7F:  # the length as a varint, 7 bits a byte, low bits first
-        length.append(size & 0x7F | 0x80)
-        size >>= 7
-    length.append(size)
-    return b"\x0a" + bytes(length) + data
+# grpc.health.v1's HealthCheckRequest {string service = 1} and HealthCheckResponse {ServingStatus status = 1} are,
+# on the wire, protobuf's StringValue and Int32Value: no generated code needed for two one-field messages.
+_SERVING_STATUS = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
 
 
 async def _grpc_health(spec: dict[str, Any], target: Target, _: Execer, timeout_s: float) -> Verdict:
     port = _port(spec.get("port"), target)
-    request = _grpc_request(str(spec.get("service") or ""))
+    request = wrappers_pb2.StringValue(value=str(spec.get("service") or "")).SerializeToString()
     try:
         # the pod's server is not trusted with more than grpc-go's default limit, as the kubelet's probe has it
         async with UnaryChannel(f"{target.pod_ip}:{port}", max_message=4 * 1024 * 1024) as channel:
             reply = await channel.call("/grpc.health.v1.Health/Check", request, deadline_s=timeout_s)
+        status = wrappers_pb2.Int32Value.FromString(reply).value
     except RpcError as exc:
         return Verdict(False, f"the health check failed: {exc}")
-    # HealthCheckResponse{status = 1 (SERVING)}: field 1, varint
-    if reply[:2] == b"\x08\x01":
+    except DecodeError as exc:
+        return Verdict(False, f"the health check's answer is not a HealthCheckResponse: {exc}")
+    if status == 1:
         return Verdict(True)
-    return Verdict(False, f"service unhealthy (responded with {reply!r})")
+    name = _SERVING_STATUS[status] if 0 <= status < len(_SERVING_STATUS) else str(status)
+    return Verdict(False, f'service unhealthy (responded with "{name}")')
 
 
 EventSink = Callable[[str, str, str], Awaitable[None]]  # (type, reason, message) → a Kubernetes event

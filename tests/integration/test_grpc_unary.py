@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from google.protobuf import wrappers_pb2
 
 from edgecore.edged import probes
 from edgecore.edged.grpc_unary import RpcError, UnaryChannel, call_status, frame_message, timeout_header
@@ -144,10 +145,11 @@ class _NoExec:
 
 
 async def test_grpc_health_probes_read_the_servers_verdict() -> None:
-    status = {"": 1, "db": 2}  # SERVING, NOT_SERVING
+    long_name = "s" * 200  # a length above 127 takes two bytes on the wire
+    status = {"": 1, "db": 2, long_name: 1}  # SERVING, NOT_SERVING
 
     async def check(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        service = request[2:].decode()  # field 1: tag, one length byte (the names here are short)
+        service = wrappers_pb2.StringValue.FromString(request).value  # HealthCheckRequest's shape on the wire
         if service not in status:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service}")
         return bytes([0x08, status[service]])
@@ -160,8 +162,9 @@ async def test_grpc_health_probes_read_the_servers_verdict() -> None:
     try:
         target = probes.Target("c1", "127.0.0.1", {"grpc": port})
         assert (await probes.run_action({"grpc": {"port": "grpc"}}, target, _NoExec(), 2)).ok
+        assert (await probes.run_action({"grpc": {"port": port, "service": long_name}}, target, _NoExec(), 2)).ok
         unhealthy = await probes.run_action({"grpc": {"port": port, "service": "db"}}, target, _NoExec(), 2)
-        assert not unhealthy.ok and unhealthy.message == "service unhealthy (responded with b'\\x08\\x02')"
+        assert not unhealthy.ok and unhealthy.message == 'service unhealthy (responded with "NOT_SERVING")'
         unknown = await probes.run_action({"grpc": {"port": port, "service": "cache"}}, target, _NoExec(), 2)
         assert unknown.message == "the health check failed: NOT_FOUND: unknown service cache"
     finally:
@@ -179,4 +182,3 @@ def test_the_wire_helpers() -> None:
     assert call_status({"grpc-status": "99"}) == ("UNKNOWN", "")
     assert call_status({":status": "503"}) == ("UNAVAILABLE", "HTTP status 503")
     assert call_status({":status": "200"}) == ("UNKNOWN", "the response ended without a grpc-status")
-    assert probes._grpc_request("s" * 200)[:3] == b"\x0a\xc8\x01"  # a length above 127 is a two-byte varint

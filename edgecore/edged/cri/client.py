@@ -41,8 +41,6 @@ from edgecore.edged.runtime import (
 
 _R = TypeVar("_R", bound=Message)
 
-# The kubelet's limit for CRI messages (ListContainers on a busy node can be large).
-_MAX_MESSAGE = 16 * 1024 * 1024
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 _PROTOCOLS = {"TCP": pb.TCP, "UDP": pb.UDP, "SCTP": pb.SCTP}
@@ -67,7 +65,7 @@ class CriRuntime:
             endpoint = f"unix://{endpoint}"  # a bare socket path, as crictl accepts it
         self.endpoint = endpoint
         self.timeout = timeout
-        self._channel = UnaryChannel(endpoint, max_message=_MAX_MESSAGE)
+        self._channel = UnaryChannel(endpoint)  # with the kubelet's 16 MiB limit for CRI messages
         # What the listings would otherwise ask again on every sync, one call per pod: a container's
         # ContainerStatus does not change while its state holds (a restart is a new container), nor does a
         # ready sandbox's IP. Edged lists at every sync (on each change, and every syncFrequency): with 50
